@@ -1,0 +1,36 @@
+"""Prometheus metrics of the ingress process."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry()
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUESTS = Counter(
+    "syncnotify_ingress_requests",
+    "Notification posts answered, by HTTP status",
+    ["status"],
+    registry=REGISTRY,
+)
+ENQUEUE_SECONDS = Histogram(
+    "syncnotify_ingress_enqueue_seconds",
+    "Time from request to durable payload, by where it went (queue or spool)",
+    ["target"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+SPOOL_BACKLOG = Gauge(
+    "syncnotify_ingress_spool_backlog", "Payloads waiting in this process's spool", registry=REGISTRY
+)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,140 @@
+"""The local journal that holds payloads while Redis cannot take them.
+
+Each ingress process appends to a file of its own (``<host>-<pid>-<start>.spool``), fsyncing before the
+answer goes out, so several processes never interleave writes.  Records are length-prefixed pickles of
+``Payload`` dicts with a CRC, so a record torn by a crash is detected and dropped: it was never answered.
+Draining moves whole files, oldest first: a file is deleted only after every payload in it is on the queue.
+A process drains its own file and any file whose owner process is gone (a lock on the file says so).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pickle
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from shared.errors import SpoolError
+from shared.types import Payload
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">II")  # length, crc32
+
+
+class Spool:
+    """An append-only, fsynced journal in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._file: int | None = None
+        self._path: Path | None = None
+        self._count = 0
+
+    def _open(self) -> int:
+        if self._file is None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.spool"
+                self._path = self.directory / name
+                self._file = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                self._file = None
+                raise SpoolError(f"cannot open a spool file in {self.directory}: {exc}") from exc
+        return self._file
+
+    def append(self, payloads: list[Payload]) -> None:
+        """Write ``payloads`` and fsync; raises ``SpoolError`` when the disk cannot take them."""
+        data = b"".join(_record(p) for p in payloads)
+        fd = self._open()
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            raise SpoolError(f"cannot write to spool file {self._path}: {exc}") from exc
+        self._count += len(payloads)
+
+    @property
+    def backlog(self) -> int:
+        """Payloads this process spooled and has not drained yet."""
+        return self._count
+
+    def writable(self) -> bool:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return os.access(self.directory, os.W_OK)
+        except OSError:
+            return False
+
+    def drain(self, enqueue: Callable[[list[Payload]], None], chunk: int = 200) -> int:
+        """Hand every spooled payload to ``enqueue`` in arrival order; return how many were moved.
+
+        ``enqueue`` raising stops the drain with the rest kept on disk (it is tried again later).
+        """
+        moved = 0
+        self._close()
+        for path in sorted(self.directory.glob("*.spool"), key=lambda p: p.stat().st_mtime):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # another live process owns it
+                batch: list[Payload] = []
+                for payload in _read(path):
+                    batch.append(payload)
+                    if len(batch) >= chunk:
+                        enqueue(batch)
+                        moved += len(batch)
+                        batch = []
+                if batch:
+                    enqueue(batch)
+                    moved += len(batch)
+                path.unlink()
+            finally:
+                os.close(fd)
+        self._count = 0
+        if moved:
+            logger.info("drained %d spooled payloads onto the queue", moved)
+        return moved
+
+    def pending_files(self) -> int:
+        try:
+            return sum(1 for _ in self.directory.glob("*.spool"))
+        except OSError:
+            return 0
+
+    def _close(self) -> None:
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def close(self) -> None:
+        self._close()
+
+
+def _record(payload: Payload) -> bytes:
+    data = pickle.dumps(dict(payload), protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+def _read(path: Path) -> Iterator[Payload]:
+    blob = path.read_bytes()
+    offset = 0
+    while offset + _HEADER.size <= len(blob):
+        length, crc = _HEADER.unpack_from(blob, offset)
+        data = blob[offset + _HEADER.size : offset + _HEADER.size + length]
+        if len(data) < length or zlib.crc32(data) != crc:
+            logger.warning(
+                "spool file %s ends in a torn record at byte %d (never answered); dropped", path, offset
+            )
+            return
+        yield pickle.loads(data)  # noqa: S301 - our own file, written by this program
+        offset += _HEADER.size + length

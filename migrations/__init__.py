@@ -1,0 +1,1 @@
+"""Alembic migrations, run by ``syncnotify db upgrade`` (never on import)."""

@@ -1,0 +1,148 @@
+"""The tables (SQLAlchemy Core) and the engine that reaches them, alike on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Dialect
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+SUBSCRIPTION_STATES = ("active", "stale", "needs_resync", "error", "unsubscribed")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always aware UTC in Python, whatever the database keeps (SQLite keeps text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given where UTC is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
+BigID = BigInteger().with_variant(Integer(), "sqlite")
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("tenant", Text, nullable=False),
+    Column("subscription_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=True),  # 1, 2, 3 … in watermark-chain order; null while waiting
+    Column("watermark", Text, nullable=False),
+    Column("previous_watermark", Text, nullable=True),
+    Column("event_type", Text, nullable=False),
+    Column("event_time", UTCDateTime, nullable=True),
+    Column("item_id", Text),
+    Column("item_change_key", Text),
+    Column("folder_id", Text),
+    Column("folder_change_key", Text),
+    Column("parent_folder_id", Text),
+    Column("old_item_id", Text),
+    Column("old_folder_id", Text),
+    Column("old_parent_folder_id", Text),
+    Column("unread_count", Integer),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("stored_at", UTCDateTime, nullable=False),
+    UniqueConstraint("tenant", "subscription_id", "watermark"),
+    Index(None, "tenant", "subscription_id", "seq"),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("subscription_id", Text, primary_key=True),
+    Column("last_watermark", Text, nullable=True),  # tail of the chain; null until its head is known
+    Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    Column("last_seen_at", UTCDateTime, nullable=True),
+    Column("state", Text, nullable=False, server_default="active"),
+    Column("error_code", Text, nullable=True),
+    Column("gap_count", Integer, nullable=False, server_default="0"),
+    Column("server_version", Text, nullable=True),
+    CheckConstraint("state IN ('" + "', '".join(SUBSCRIPTION_STATES) + "')", name="state"),
+)
+
+# One row per Notification element (one link of the watermark chain, with the watermarks of the rows it
+# made).  Links wait here until their predecessor is linked; linked ones are kept so that a late retry of
+# an already linked notification is recognised as a duplicate instead of waiting for a gap.
+chain_links = Table(
+    "chain_links",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("tenant", Text, nullable=False),
+    Column("subscription_id", Text, nullable=False),
+    Column("previous_watermark", Text, nullable=False),  # '' when the notification carried none
+    Column("last_watermark", Text, nullable=False),
+    Column("row_watermarks", Text, nullable=False),  # space-separated, in document order
+    Column("payload_id", Text, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("waiting_since", UTCDateTime, nullable=True),  # null once linked
+    UniqueConstraint(
+        "tenant", "subscription_id", "last_watermark", "previous_watermark", name="uq_chain_links_link"
+    ),
+    Index("ix_chain_links_predecessor", "tenant", "subscription_id", "previous_watermark"),
+    Index(None, "waiting_since"),
+)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with the settings this project relies on.
+
+    On SQLite: WAL, a 30 s busy timeout, and ``BEGIN IMMEDIATE`` for every transaction, so that the
+    write lock is taken up front (the per-subscription lock of PostgreSQL's ``FOR UPDATE`` has no finer
+    equivalent there) and two workers never deadlock upgrading a read lock.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)

@@ -1,0 +1,121 @@
+"""One settings object, read from ``SYNCNOTIFY_*`` environment variables (and ``.env``) when first needed."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ENV_PREFIX = "SYNCNOTIFY_"
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; each default is the one documented in the README."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    #: Redis holding the queue, the dead-letter queue and the unsubscribe list.
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    #: Where rows are stored; ``postgresql+psycopg://…`` in production.
+    database_url: SecretStr = SecretStr("sqlite:///./syncnotify.db")
+    #: Known tenants (ROOMS "Mandanten"); ``*`` accepts any.
+    tenants: Annotated[list[str], NoDecode] = ["Default"]
+    #: Source networks allowed to post; empty allows all.
+    allowed_networks: Annotated[list[IPNetwork], NoDecode] = []
+    #: Proxies whose ``X-Forwarded-For`` is believed.
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = []
+    #: Largest body accepted, after gzip decoding too.
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    #: Local journal used while Redis cannot take a payload.
+    spool_dir: Path = Path("./spool")
+    #: How long a notification waits for its missing predecessor before the gap is recorded.
+    gap_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: How long dead-lettered payloads are kept.
+    dlq_retention_days: int = Field(default=30, gt=0)
+    #: Most payloads the ingress gathers into one queue job (posts arriving together share one Redis write).
+    batch_max: int = Field(default=200, gt=0, le=10_000)
+    #: Attempts of a job that meets a transient failure (database or Redis away) before it is dead-lettered.
+    job_retries: int = Field(default=8, ge=0, le=100)
+    #: ``text`` for people, ``json`` for log collectors (one object a line).
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("tenants", "allowed_networks", "trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("allowed_networks", "trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [ipaddress.ip_network(str(v), strict=False) for v in value]
+        return value
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenants(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one tenant (or '*') is required")
+        return value
+
+    def tenant_known(self, tenant: str) -> bool:
+        """Whether posts for ``tenant`` are accepted (case-insensitive, as ROOMS' tenant names are)."""
+        return "*" in self.tenants or tenant.casefold() in {t.casefold() for t in self.tenants}
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url.get_secret_value()
+
+    @property
+    def database(self) -> str:
+        return self.database_url.get_secret_value()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs, errors and ``status`` output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def load_settings() -> Settings:
+    """Read the settings now; a bad value raises ``ConfigError`` naming the variable and the value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        value = first.get("input")
+        if "url" in field and isinstance(value, str):
+            value = redact_url(value)
+        reason = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}={value!r} is not valid: {reason}") from None
+    except ValueError as exc:  # e.g. an unparsable CIDR in a comma list
+        raise ConfigError(f"bad setting: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once on first use (not at import time)."""
+    return load_settings()

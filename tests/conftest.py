@@ -1,0 +1,161 @@
+"""Real services for the tests: a redis-server of our own on a free port, a PostgreSQL database of our own,
+SQLite files in a temporary folder.  Storage tests run on both databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from redis import Redis
+from sqlalchemy import Engine
+
+from shared.db import upgrade
+from shared.schema import make_engine
+from shared.settings import get_settings
+
+SAMPLES = Path(__file__).parent / "samples"
+
+#: Where the tests create their PostgreSQL databases (a server with trust auth, as on CI).
+PG_ADMIN_URL = os.environ.get("SYNCNOTIFY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process the test owns; ``restart()`` keeps its append-only file."""
+
+    directory: Path
+    port: int
+    appendonly: bool
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server must be on PATH for the tests"
+        self.process = subprocess.Popen(
+            [
+                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if Redis.from_url(self.url).ping():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            self.process.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[Redis]:
+    """A clean Redis for each test (flushed before and after, as rq's own suite does)."""
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[psycopg.Connection]:
+    try:
+        conn = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise  # in CI the PostgreSQL tests must run, not skip
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    yield conn
+    conn.close()
+
+
+def create_pg_database(admin: psycopg.Connection) -> str:
+    name = f"syncnotify_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}"
+
+
+def drop_pg_database(admin: psycopg.Connection, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a PostgreSQL database created for this test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'syncnotify.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    admin = request.getfixturevalue("pg_admin")
+    url = create_pg_database(admin)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    drop_pg_database(admin, url)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """Clear the cached settings around a test that sets ``SYNCNOTIFY_*`` variables."""
+    monkeypatch.chdir(tmp_path)  # no stray .env is read, and relative defaults land in tmp
+    for name in list(os.environ):
+        if name.startswith("SYNCNOTIFY_") and name != "SYNCNOTIFY_TEST_PG":
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""The RQ side: parses queued payloads and stores deduplicated, chain-ordered rows."""

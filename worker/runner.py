@@ -1,0 +1,74 @@
+"""A worker process: an RQ worker on the queue, plus a sweeper thread that closes gaps in time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.queues import QUEUE_NAME, inflight_key
+from shared.settings import get_settings
+from worker.jobs import engine
+from worker.store import InFlight, SubscriptionKey, sweep
+
+logger = logging.getLogger(__name__)
+
+
+def in_flight_of(redis: Redis, keys: Sequence[SubscriptionKey]) -> InFlight:
+    """What is still queued for these subscriptions (see ``worker.store``)."""
+    with redis.pipeline(transaction=False) as pipe:
+        for tenant, subscription_id in keys:
+            pipe.zrange(inflight_key(tenant, subscription_id), 0, -1, withscores=True)
+        answers = pipe.execute()
+    return {
+        key: [(m.decode(), float(s)) for m, s in answer]
+        for key, answer in zip(keys, answers, strict=True)
+        if answer
+    }
+
+
+def sweep_once(redis: Redis) -> None:
+    """One pass of the sweeper; failures are logged and tried again on the next pass."""
+    try:
+        result = sweep(engine(), get_settings().gap_timeout_seconds, lambda keys: in_flight_of(redis, keys))
+        if result.gaps:
+            logger.warning("sweeper recorded %d gaps", result.gaps)
+    except (SQLAlchemyError, RedisError) as exc:
+        logger.warning("sweeper could not run: %s", exc)
+
+
+class Sweeper(threading.Thread):
+    """Runs ``sweep`` every few seconds, so waiting rows get their ``seq`` even when nothing else arrives."""
+
+    def __init__(self, redis: Redis, interval: float) -> None:
+        super().__init__(name="sweeper", daemon=True)
+        self.redis = redis
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            sweep_once(self.redis)
+
+
+# SimpleWorker runs jobs in its own process instead of forking one per job: the engine's pooled
+# connections are reused across jobs, and a job (a batch of payloads) is cheap to start.
+def run_worker(burst: bool = False) -> None:
+    """Work the queue until stopped (or, with ``burst``, until it is empty)."""
+    settings = get_settings()
+    redis = Redis.from_url(settings.redis)
+    sweeper = Sweeper(redis, interval=min(5.0, settings.gap_timeout_seconds / 4))
+    if not burst:
+        sweeper.start()
+    worker = SimpleWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis)
+    try:
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    finally:
+        sweeper.stopped.set()
+        if burst:
+            sweep_once(redis)

@@ -1,0 +1,438 @@
+"""Parsed notifications → deduplicated rows with a contiguous ``seq`` in watermark-chain order (SPEC §6, §7).
+
+How the chain is kept:
+
+- Every ``Notification`` element becomes one *link* in ``chain_links`` (its ``PreviousWatermark``, its last
+  ``Watermark`` and the watermarks of the rows it made).  The link's unique key makes a redelivered
+  notification a no-op, and each row's unique ``(tenant, subscription_id, watermark)`` does the same for
+  events.
+- A subscription's ``last_watermark`` is the tail of its chain.  A link whose ``PreviousWatermark`` is the
+  tail is *linked*: its rows get the next ``seq`` numbers in document order and its last watermark becomes
+  the tail.  A link that does not fit yet *waits* (rows with ``seq`` null) until its predecessor is linked.
+- A new subscription has no tail.  Its head is the earliest-received waiting link, but only once no
+  payload of that subscription received before it is still in flight (queued, or being retried): the
+  ingress records each payload's receive time in Redis and the job passes what is still in flight here.
+  Exchange sends a subscription's next notification only after we answered the previous one, so receive
+  order is chain order, whatever order the workers finish in.
+- A link that waits longer than the gap timeout is linked anyway by ``sweep``: the gap is counted, the
+  subscription goes to ``needs_resync`` and the chain continues past it.
+
+All of it happens under a per-subscription lock (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's single
+writer lock, taken by ``BEGIN IMMEDIATE``), so any number of workers may store concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from shared.schema import chain_links, notifications, subscriptions
+from worker.parse import Event, Notification, ParsedPayload
+
+logger = logging.getLogger(__name__)
+
+SubscriptionKey = tuple[str, str]
+#: Payloads still in flight for a subscription: (payload id, receive time in epoch seconds).
+InFlight = Mapping[SubscriptionKey, Sequence[tuple[str, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One parsed payload, ready to be stored."""
+
+    payload_id: str
+    tenant: str
+    received_at: datetime
+    parsed: ParsedPayload
+
+
+@dataclass(slots=True)
+class StoreResult:
+    """What one call stored; the job turns it into log lines and metrics."""
+
+    rows: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    errors: int = 0
+    subscriptions: set[SubscriptionKey] = field(default_factory=set)
+
+    def add(self, other: StoreResult) -> None:
+        self.rows += other.rows
+        self.duplicates += other.duplicates
+        self.gaps += other.gaps
+        self.errors += other.errors
+        self.subscriptions |= other.subscriptions
+
+
+@dataclass(slots=True)
+class _Chain:
+    """A subscription's row, locked for the length of the transaction."""
+
+    tenant: str
+    subscription_id: str
+    tail: str | None
+    last_seq: int
+    last_seen_at: datetime | None
+    gaps: int = 0
+    changed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> SubscriptionKey:
+        return (self.tenant, self.subscription_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    id: int
+    previous_watermark: str
+    last_watermark: str
+    row_watermarks: tuple[str, ...]
+    payload_id: str
+    received_at: datetime
+    waiting_since: datetime
+
+
+def _insert(conn: Connection, table: Table) -> Insert:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
+
+
+def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | None = None) -> StoreResult:
+    """Store ``deliveries`` in one transaction; raises SQLAlchemy errors unchanged (the job classifies them)."""
+    now = datetime.now(UTC)
+    by_key: dict[SubscriptionKey, list[tuple[Delivery, int, Notification]]] = defaultdict(list)
+    seen: dict[SubscriptionKey, datetime] = {}
+    errors: dict[SubscriptionKey, str] = {}
+    versions: dict[SubscriptionKey, str] = {}
+    for delivery in sorted(deliveries, key=lambda d: d.received_at):
+        parsed = delivery.parsed
+        for position, notification in enumerate(parsed.notifications):
+            key = (delivery.tenant, notification.subscription_id)
+            by_key[key].append((delivery, position, notification))
+            seen[key] = delivery.received_at
+            if parsed.server_version:
+                versions[key] = parsed.server_version
+        for error in parsed.errors:
+            if error.subscription_id is None:
+                logger.warning("error message %s without a subscription id", error.response_code)
+                continue
+            key = (delivery.tenant, error.subscription_id)
+            errors[key] = error.response_code
+            seen[key] = delivery.received_at
+
+    result = StoreResult(subscriptions=set(seen))
+    batch_payloads = {d.payload_id for d in deliveries}
+    with engine.begin() as conn:
+        chains = _lock(conn, sorted(seen))
+        for key in sorted(seen):
+            chain = chains[key]
+            for delivery, _position, notification in by_key.get(key, []):
+                _add_notification(conn, chain, delivery, notification, now, result)
+            _advance(conn, chain, now, result, (in_flight or {}).get(key, ()), batch_payloads)
+            if chain.last_seen_at is None or chain.last_seen_at < seen[key]:
+                chain.changed["last_seen_at"] = seen[key]
+            if key in versions:
+                chain.changed["server_version"] = versions[key]
+            if key in errors:
+                chain.changed.update(state="error", error_code=errors[key])
+                result.errors += 1
+                logger.warning(
+                    "subscription reported error %s",
+                    errors[key],
+                    extra={"tenant": key[0], "subscription": key[1]},
+                )
+            _save(conn, chain)
+    return result
+
+
+def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[SubscriptionKey, _Chain]:
+    """Create missing subscription rows and lock all of them, in key order (so two workers cannot deadlock)."""
+    if not keys:
+        return {}
+    conn.execute(
+        _insert(conn, subscriptions),
+        [
+            {"tenant": t, "subscription_id": s, "last_seq": 0, "state": "active", "gap_count": 0}
+            for t, s in keys
+        ],
+    )
+    query = (
+        select(subscriptions)
+        .where(tuple_(subscriptions.c.tenant, subscriptions.c.subscription_id).in_(keys))
+        .order_by(subscriptions.c.tenant, subscriptions.c.subscription_id)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {
+        (row.tenant, row.subscription_id): _Chain(
+            row.tenant, row.subscription_id, row.last_watermark, row.last_seq, row.last_seen_at
+        )
+        for row in conn.execute(query)
+    }
+
+
+def _rows(delivery: Delivery, notification: Notification, now: datetime) -> list[dict[str, Any]]:
+    """One row per item/folder event; a row's previous watermark is the watermark before it in the chain."""
+    rows = []
+    previous = notification.previous_watermark
+    for event in notification.events:
+        if event.makes_row and event.watermark is not None:
+            rows.append(_row(delivery, notification.subscription_id, event, previous, now))
+        previous = event.watermark or previous
+    return rows
+
+
+def _row(
+    delivery: Delivery, subscription_id: str, event: Event, previous: str | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "tenant": delivery.tenant,
+        "subscription_id": subscription_id,
+        "seq": None,
+        "watermark": event.watermark,
+        "previous_watermark": previous,
+        "event_type": event.kind,
+        "event_time": event.timestamp,
+        "item_id": event.item_id,
+        "item_change_key": event.item_change_key,
+        "folder_id": event.folder_id,
+        "folder_change_key": event.folder_change_key,
+        "parent_folder_id": event.parent_folder_id,
+        "old_item_id": event.old_item_id,
+        "old_folder_id": event.old_folder_id,
+        "old_parent_folder_id": event.old_parent_folder_id,
+        "unread_count": event.unread_count,
+        "received_at": delivery.received_at,
+        "stored_at": now,
+    }
+
+
+def _add_notification(
+    conn: Connection,
+    chain: _Chain,
+    delivery: Delivery,
+    notification: Notification,
+    now: datetime,
+    result: StoreResult,
+) -> None:
+    watermarks = [e.watermark for e in notification.events if e.watermark is not None]
+    if not watermarks:  # a StatusEvent without a Watermark (schema-legal): only "last seen" moves
+        return
+    rows = _rows(delivery, notification, now)
+    previous = notification.previous_watermark or ""
+    linkable = chain.tail is not None and previous in (chain.tail, "")
+    inserted = conn.execute(
+        _insert(conn, chain_links).returning(chain_links.c.id),
+        {
+            "tenant": chain.tenant,
+            "subscription_id": chain.subscription_id,
+            "previous_watermark": previous,
+            "last_watermark": watermarks[-1],
+            "row_watermarks": " ".join(r["watermark"] for r in rows),
+            "payload_id": delivery.payload_id,
+            "received_at": delivery.received_at,
+            "waiting_since": None if linkable else now,
+        },
+    ).first()
+    if inserted is None:  # the same notification was stored before: a retry, a replay, or a second worker
+        result.duplicates += len(rows)
+        return
+    if not rows:
+        if linkable:
+            chain.tail = watermarks[-1]
+        return
+    if linkable:
+        for offset, row in enumerate(rows, start=1):
+            row["seq"] = chain.last_seq + offset
+    stored = {
+        r.watermark
+        for r in conn.execute(_insert(conn, notifications).returning(notifications.c.watermark), rows)
+    }
+    result.duplicates += len(rows) - len(stored)
+    result.rows += len(stored)
+    if linkable:
+        if len(stored) < len(rows):  # some events were stored under another notification: close the holes
+            _number(conn, chain, [r["watermark"] for r in rows if r["watermark"] in stored], renumber=True)
+        else:
+            chain.last_seq += len(rows)
+        chain.tail = watermarks[-1]
+
+
+def _number(conn: Connection, chain: _Chain, watermarks: Sequence[str], renumber: bool = False) -> None:
+    """Give the rows with these watermarks the next ``seq`` numbers, in the given order."""
+    if not watermarks:
+        return
+    condition = and_(
+        notifications.c.tenant == chain.tenant,
+        notifications.c.subscription_id == chain.subscription_id,
+        notifications.c.watermark.in_(watermarks),
+    )
+    if not renumber:
+        condition = and_(condition, notifications.c.seq.is_(None))
+    unnumbered = {row.watermark for row in conn.execute(select(notifications.c.watermark).where(condition))}
+    params = []
+    for watermark in watermarks:
+        if watermark in unnumbered:
+            chain.last_seq += 1
+            params.append({"w": watermark, "s": chain.last_seq})
+    if params:
+        conn.execute(
+            update(notifications)
+            .where(
+                notifications.c.tenant == chain.tenant,
+                notifications.c.subscription_id == chain.subscription_id,
+                notifications.c.watermark == bindparam("w"),
+            )
+            .values(seq=bindparam("s")),
+            params,
+        )
+
+
+def _waiting(conn: Connection, chain: _Chain, previous: Iterable[str] | None = None) -> list[_Link]:
+    query = select(chain_links).where(
+        chain_links.c.tenant == chain.tenant,
+        chain_links.c.subscription_id == chain.subscription_id,
+        chain_links.c.waiting_since.is_not(None),
+    )
+    if previous is not None:
+        query = query.where(chain_links.c.previous_watermark.in_(list(previous)))
+    query = query.order_by(chain_links.c.received_at, chain_links.c.id)
+    return [
+        _Link(
+            r.id,
+            r.previous_watermark,
+            r.last_watermark,
+            tuple(r.row_watermarks.split()),
+            r.payload_id,
+            r.received_at,
+            r.waiting_since,
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def _link(conn: Connection, chain: _Chain, link: _Link) -> None:
+    _number(conn, chain, link.row_watermarks)
+    conn.execute(update(chain_links).where(chain_links.c.id == link.id).values(waiting_since=None))
+    chain.tail = link.last_watermark
+
+
+def _head_blocked(
+    conn: Connection, chain: _Chain, head: _Link, in_flight: Sequence[tuple[str, float]], batch: set[str]
+) -> bool:
+    """Whether a payload received before ``head`` is still in flight and not stored yet."""
+    earlier = {
+        pid for pid, score in in_flight if score < head.received_at.timestamp() and pid != head.payload_id
+    }
+    earlier -= batch
+    if not earlier:
+        return False
+    stored = conn.execute(
+        select(chain_links.c.payload_id).where(
+            chain_links.c.tenant == chain.tenant,
+            chain_links.c.subscription_id == chain.subscription_id,
+            chain_links.c.payload_id.in_(earlier),
+        )
+    )
+    return bool(earlier - {row.payload_id for row in stored})
+
+
+def _advance(
+    conn: Connection,
+    chain: _Chain,
+    now: datetime,
+    result: StoreResult,
+    in_flight: Sequence[tuple[str, float]],
+    batch: set[str],
+    force_after: datetime | None = None,
+) -> None:
+    """Link every waiting link that now fits; with ``force_after``, link past gaps older than that."""
+    while True:
+        if chain.tail is None:
+            waiting = _waiting(conn, chain)
+            if not waiting:
+                return
+            head = waiting[0]
+            if _head_blocked(conn, chain, head, in_flight, batch):
+                if force_after is None or head.waiting_since > force_after:
+                    return
+                _record_gap(chain, head, result, "its predecessor never arrived")
+        else:
+            fitting = _waiting(conn, chain, (chain.tail, ""))
+            if fitting:
+                head = fitting[0]
+            else:
+                if force_after is None:
+                    return
+                stale = [link for link in _waiting(conn, chain) if link.waiting_since <= force_after]
+                if not stale:
+                    return
+                head = stale[0]
+                _record_gap(chain, head, result, f"expected previous watermark {chain.tail}")
+        _link(conn, chain, head)
+
+
+def _record_gap(chain: _Chain, link: _Link, result: StoreResult, detail: str) -> None:
+    result.gaps += 1
+    chain.gaps += 1
+    chain.changed["gap_count"] = subscriptions.c.gap_count + chain.gaps
+    chain.changed["state"] = case((subscriptions.c.state == "active", "needs_resync"), else_=subscriptions.c.state)
+    logger.warning(
+        "gap in the watermark chain: notification after watermark %s waited past the gap timeout (%s)",
+        link.previous_watermark or "(none)",
+        detail,
+        extra={"tenant": chain.tenant, "subscription": chain.subscription_id},
+    )
+
+
+def _save(conn: Connection, chain: _Chain) -> None:
+    values = dict(chain.changed, last_watermark=chain.tail, last_seq=chain.last_seq)
+    conn.execute(
+        update(subscriptions)
+        .where(
+            subscriptions.c.tenant == chain.tenant, subscriptions.c.subscription_id == chain.subscription_id
+        )
+        .values(**values)
+    )
+
+
+def sweep(engine: Engine, gap_timeout: float, in_flight_of: Any = None) -> StoreResult:
+    """Link what waits and may now go on; record gaps for what waited longer than ``gap_timeout`` seconds.
+
+    ``in_flight_of(keys)`` returns the in-flight payloads of those subscriptions (see ``InFlight``);
+    without it nothing is taken to be in flight.  Runs one short transaction per subscription.
+    """
+    now = datetime.now(UTC)
+    force_after = now - timedelta(seconds=gap_timeout)
+    with engine.connect() as conn:
+        keys = sorted(
+            {
+                (r.tenant, r.subscription_id)
+                for r in conn.execute(
+                    select(chain_links.c.tenant, chain_links.c.subscription_id)
+                    .where(chain_links.c.waiting_since.is_not(None))
+                    .distinct()
+                )
+            }
+        )
+    in_flight: InFlight = in_flight_of(keys) if (in_flight_of and keys) else {}
+    total = StoreResult()
+    for key in keys:
+        result = StoreResult(subscriptions={key})
+        with engine.begin() as conn:
+            chain = _lock(conn, [key])[key]
+            _advance(conn, chain, now, result, in_flight.get(key, ()), set(), force_after=force_after)
+            _save(conn, chain)
+        total.add(result)
+    return total
+
+
+__all__ = ["Delivery", "InFlight", "StoreResult", "store", "sweep"]
