@@ -53,12 +53,12 @@ def enqueue_payloads(redis: Redis, payloads: list[Payload], settings: Settings) 
     )
     queue = Queue(QUEUE_NAME, connection=redis)
     with redis.pipeline() as pipe:
+        queue.enqueue_job(job, pipeline=pipe)  # first: it opens the MULTI block the marks then join
         for payload in payloads:
             for subscription_id in payload["subscription_ids"]:
                 key = inflight_key(payload["tenant"], subscription_id)
                 pipe.zadd(key, {payload["id"]: payload["received_at"]})
                 pipe.expire(key, INFLIGHT_TTL_SECONDS)
-        queue.enqueue_job(job, pipeline=pipe)
         pipe.execute()
     return job
 

@@ -20,8 +20,16 @@ from sqlalchemy import Engine, func, select
 
 from shared.schema import chain_links, notifications, subscriptions
 from tests.conftest import SAMPLES
-from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, envelope, error_response, make_event, make_notification
-from tests.payloads import notification_message, watermark
+from tests.payloads import (
+    SUBSCRIPTION_A,
+    SUBSCRIPTION_B,
+    envelope,
+    error_response,
+    make_event,
+    make_notification,
+    notification_message,
+    watermark,
+)
 from worker.parse import parse_payload
 from worker.store import Delivery, InFlight, store, sweep
 
@@ -89,8 +97,17 @@ def test_samples_in_order_give_one_row_per_event(engine: Engine) -> None:
     a = rows(engine, SUBSCRIPTION_A)
     kinds = [kind for seq, kind, _ in a if seq is not None]
     assert kinds == [
-        "Created", "Modified", "Modified", "Modified", "Created", "NewMail", "Moved", "Moved", "Copied",
-        "Deleted", "FreeBusyChanged",
+        "Created",
+        "Modified",
+        "Modified",
+        "Modified",
+        "Created",
+        "NewMail",
+        "Moved",
+        "Moved",
+        "Copied",
+        "Deleted",
+        "FreeBusyChanged",
     ]
     assert [seq for seq, _, _ in a if seq is not None] == list(range(1, 12))
     # 12 is a gap: its row waits (seq null) until the gap timeout
@@ -249,8 +266,9 @@ def test_same_watermark_in_two_tenants_is_two_rows(engine: Engine) -> None:
 @st.composite
 def deliveries(draw: st.DrawFn) -> tuple[list[bytes], list[int], list[list[int]]]:
     """A chain of notifications (items, folders, heartbeats), then an order of delivery with duplicates."""
-    kinds = st.sampled_from(["Created", "Modified", "Deleted", "Moved", "Copied", "NewMail", "FreeBusyChanged",
-                             "Status"])
+    kinds = st.sampled_from(
+        ["Created", "Modified", "Deleted", "Moved", "Copied", "NewMail", "FreeBusyChanged", "Status"]
+    )
     counter = 1
     bodies = []
     sub = f"prop-{uuid.uuid4().hex}"
@@ -284,11 +302,7 @@ def test_any_delivery_order_with_duplicates_gives_the_same_rows(engine: Engine, 
     sweep(engine, gap_timeout=60, in_flight_of=lambda keys: {})
 
     expected = [
-        (e.kind, e.watermark)
-        for p in posts
-        for n in p.delivery().parsed.notifications
-        for e in n.events
-        if e.makes_row
+        (e.kind, e.watermark) for p in posts for n in p.delivery().parsed.notifications for e in n.events if e.makes_row
     ]
     got = rows(engine, sub)
     assert [(kind, w) for _, kind, w in got] == expected

@@ -1,0 +1,84 @@
+"""Real syncnotify processes for end-to-end tests: started as an operator would, stopped with signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from redis import Redis
+from rq import Queue
+from sqlalchemy import Engine, func, select
+
+from shared.queues import QUEUE_NAME
+from shared.schema import notifications
+
+SYNCNOTIFY = [sys.executable, "-m", "worker.cli"]
+
+
+def service_env(redis_url: str, database_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCNOTIFY_")}
+    env.update(
+        SYNCNOTIFY_REDIS_URL=redis_url,
+        SYNCNOTIFY_DATABASE_URL=database_url,
+        SYNCNOTIFY_SPOOL_DIR=str(tmp / "spool"),
+        SYNCNOTIFY_GAP_TIMEOUT_SECONDS="3",
+        PYTHONPATH=str(Path(__file__).parent.parent),
+    )
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(SYNCNOTIFY + args, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def started(args: list[str], env: Mapping[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running ``syncnotify`` command; SIGTERM on exit, SIGKILL if it does not stop in 30 s."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(SYNCNOTIFY + args, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout, f"{url} to answer")
+
+
+def queue_drained(redis: Redis) -> bool:
+    queue = Queue(QUEUE_NAME, connection=redis)
+    return queue.count == 0 and queue.started_job_registry.count == 0 and queue.scheduled_job_registry.count == 0
+
+
+def row_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(notifications)).scalar_one())
