@@ -23,6 +23,11 @@ from shared.schema import make_engine
 from shared.settings import get_settings
 
 SAMPLES = Path(__file__).parent / "samples"
+#: The subscription of the seed's sample (00_seed_sample.xml).
+SEED_SUBSCRIPTION = (
+    "LABkYjhwcjAxbWI2NDg1LmV1cnByZDAxLnByb2QuZXhjaGFuZ2VsYWJzLmNvbRAAAADELVfykPBZQp7Q8IIUrUfmCKn7"
+    "JnqX2AgQAAAAWTlI8+A2EEqLQp01E8Pw2Q=="
+)
 
 #: Where the tests create their PostgreSQL databases (a server with trust auth, as on CI).
 PG_ADMIN_URL = os.environ.get("SYNCNOTIFY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -18,7 +18,7 @@ from shared.queues import QUEUE_NAME
 from shared.schema import notifications, subscriptions
 from shared.settings import Settings
 from shared.types import Payload
-from tests.conftest import SAMPLES, RedisServer, free_port
+from tests.conftest import SAMPLES, SEED_SUBSCRIPTION, RedisServer, free_port
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, make_event, make_notification, watermark
 from tests.processes import queue_drained, row_count, run, service_env, started, wait_for, wait_http
 
@@ -110,7 +110,7 @@ def test_two_worker_processes_racing_on_the_same_subscriptions_keep_chain_order(
     with started(["worker", "--burst"], env, tmp_path, log), started(["worker", "--burst"], env, tmp_path, log) as w2:
         w2.wait(120)
     wait_for(lambda: queue_drained(redis), 60, "the queue to drain")
-    for sub, length in subs.items():
+    for sub in subs:
         got = seqs(engine, sub)
         expected = [
             watermark(n + 1)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from shared.schema import chain_links, notifications, subscriptions
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, SEED_SUBSCRIPTION
 from tests.payloads import (
     SUBSCRIPTION_A,
     SUBSCRIPTION_B,
@@ -142,8 +142,7 @@ def test_samples_in_order_give_one_row_per_event(engine: Engine) -> None:
 def test_seed_sample_is_a_new_subscription_with_two_rows(engine: Engine) -> None:
     result = store(engine, [post(sample("00_seed_sample.xml")).delivery()])
     assert result.rows == 2
-    seed = "LABkYjhwcjAxbWI2NDg1LmV1cnByZDAxLnByb2QuZXhjaGFuZ2VsYWJzLmNvbRAAAADELVfykPBZQp7Q8IIUrUfmCKn7JnqX2AgQAAAAWTlI8+A2EEqLQp01E8Pw2Q=="
-    assert [(seq, kind) for seq, kind, _ in rows(engine, seed)] == [(1, "Modified"), (2, "Modified")]
+    assert [(seq, kind) for seq, kind, _ in rows(engine, SEED_SUBSCRIPTION)] == [(1, "Modified"), (2, "Modified")]
 
 
 def test_first_two_of_a_new_subscription_in_reverse_order(engine: Engine) -> None:
