@@ -22,8 +22,6 @@ from tests.conftest import SAMPLES, SEED_SUBSCRIPTION, RedisServer, free_port
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, make_event, make_notification, watermark
 from tests.processes import queue_drained, row_count, run, service_env, started, wait_for, wait_http
 
-SEED_SUBSCRIPTION = "LABkYjhwcjAxbWI2NDg1LmV1cnByZDAxLnByb2QuZXhjaGFuZ2VsYWJzLmNvbRAAAADELVfykPBZQp7Q8IIUrUfmCKn7JnqX2AgQAAAAWTlI8+A2EEqLQp01E8Pw2Q=="
-
 
 def seqs(engine: Engine, subscription_id: str) -> list[tuple[int | None, str]]:
     query = (
