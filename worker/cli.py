@@ -72,9 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         run_worker(burst=args.burst)
         return 0
-    command = [sys.executable, "-m", "worker.cli", "worker", "--processes", "1"] + (
-        ["--burst"] if args.burst else []
-    )
+    command = [sys.executable, "-m", "worker.cli", "worker", "--processes", "1"] + (["--burst"] if args.burst else [])
     return _supervise([subprocess.Popen(command) for _ in range(args.processes)])
 
 
@@ -84,15 +82,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     children: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
-    if not reachable(settings.redis):
-        if "SYNCNOTIFY_REDIS_URL" in os.environ:
+    if args.embedded_redis or not reachable(settings.redis):
+        if "SYNCNOTIFY_REDIS_URL" in os.environ and not args.embedded_redis:
             raise SyncNotifyError(f"Redis at {redact_url(settings.redis)} is not reachable")
         redis_process, url = start_redis(Path(".syncnotify") / "redis")
         children.append(redis_process)
         env["SYNCNOTIFY_REDIS_URL"] = url
-        print(
-            f"started an embedded redis-server at {url} (append-only file in .syncnotify/redis)", flush=True
-        )
+        print(f"started an embedded redis-server at {url} (append-only file in .syncnotify/redis)", flush=True)
     migrate = subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=env)
     if migrate.returncode != 0:
         _stop(children)
@@ -100,9 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "worker.cli"]
     ingress = base + ["ingress", "--host", args.host, "--port", str(args.port)]
     workers = base + ["worker", "--processes", "1"]
-    services = [subprocess.Popen(ingress, env=env)] + [
-        subprocess.Popen(workers, env=env) for _ in range(args.workers)
-    ]
+    services = [subprocess.Popen(ingress, env=env)] + [subprocess.Popen(workers, env=env) for _ in range(args.workers)]
     print(
         f"syncnotify is up: POST notifications to http://{args.host}:{args.port}/Webservices/SyncNotification.svc "
         f"({args.workers} workers); Ctrl-C stops it",
@@ -112,9 +106,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return _supervise(services, after=children)
 
 
-def _supervise(
-    processes: list[subprocess.Popen[bytes]], after: Sequence[subprocess.Popen[bytes]] = ()
-) -> int:
+def _supervise(processes: list[subprocess.Popen[bytes]], after: Sequence[subprocess.Popen[bytes]] = ()) -> int:
     """Wait until a child exits or we are told to stop; then stop all of them cleanly."""
     stopping = False
 
@@ -170,9 +162,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 response = client.post(args.url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 raise SyncNotifyError(f"cannot post {name} to {args.url}: {exc}") from None
-            status = (
-                _subscription_status(response.text) if response.status_code == 200 else response.text.strip()
-            )
+            status = _subscription_status(response.text) if response.status_code == 200 else response.text.strip()
             print(f"{name}: {response.status_code} {status}")
             failures += response.status_code != 200
     return 1 if failures else 0
@@ -184,14 +174,10 @@ def _subscription_status(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="syncnotify", description="Receiver of Exchange push notifications."
-    )
+    parser = argparse.ArgumentParser(prog="syncnotify", description="Receiver of Exchange push notifications.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], int], text: str
-    ) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(handler=handler)
         return sub
@@ -200,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument(
+        "--embedded-redis",
+        action="store_true",
+        help="start a redis-server of its own (data in .syncnotify/redis) even if a Redis is reachable",
+    )
 
     ingress = command("ingress", cmd_ingress, "the HTTP side alone")
     ingress.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -222,9 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="callback URL, e.g. http://127.0.0.1:8080/Webservices/SyncNotification.svc",
     )
-    send.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)"
-    )
+    send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
     return parser
 
 

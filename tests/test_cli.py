@@ -1,0 +1,108 @@
+"""The operator's commands as a new user runs them: ``up`` until it serves, ``send``, Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from shared.redis_server import reachable, start_redis
+from shared.schema import make_engine, notifications
+from tests.conftest import SAMPLES, free_port
+from tests.processes import SYNCNOTIFY, run, service_env, wait_for, wait_http
+
+
+def test_up_with_embedded_redis_serves_stores_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = service_env("unused", "sqlite:///./syncnotify.db", tmp_path)
+    del env["SYNCNOTIFY_REDIS_URL"]  # nothing configured: up starts its own Redis
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        SYNCNOTIFY + ["up", "--port", str(port), "--workers", "1", "--embedded-redis"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        page = httpx.get(f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc?Default")
+        assert page.status_code == 200 and "Default" in page.text
+        sent = run(
+            [
+                "send",
+                str(SAMPLES / "02_created_event_item.xml"),
+                "--url",
+                f"http://127.0.0.1:{port}/Default/Webservices/SyncNotification.svc",
+            ],
+            env,
+            tmp_path,
+        )
+        assert sent.stdout.strip().endswith("200 OK"), sent.stdout + sent.stderr
+        engine = make_engine(f"sqlite:///{tmp_path / 'syncnotify.db'}")
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return len(conn.execute(select(notifications.c.id)).all())
+
+        wait_for(lambda: stored() == 2, 30, "two rows")
+        engine.dispose()
+        output = (tmp_path / "up.log").read_text()
+        redis_url = output.split("embedded redis-server at ", 1)[1].split()[0]
+        assert reachable(redis_url)
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert not reachable(redis_url), "the embedded Redis must stop with up"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+    assert list((tmp_path / ".syncnotify" / "redis").rglob("*.aof")), "the embedded Redis keeps an append-only file"
+
+
+def test_embedded_redis_keeps_queued_data_across_a_restart(tmp_path: Path) -> None:
+    process, url = start_redis(tmp_path / "redis")
+    try:
+        from redis import Redis
+
+        Redis.from_url(url).rpush("rq:queue:syncnotify", b"job-1")
+    finally:
+        process.terminate()
+        process.wait(10)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    process, url = start_redis(tmp_path / "redis", port=port)
+    try:
+        from redis import Redis
+
+        assert Redis.from_url(url).lrange("rq:queue:syncnotify", 0, -1) == [b"job-1"]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_send_reports_unreadable_file_in_one_line(tmp_path: Path) -> None:
+    result = run(["send", str(tmp_path / "missing.xml"), "--url", "http://127.0.0.1:9/x"], {}, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"syncnotify: cannot read {tmp_path / 'missing.xml'}: No such file or directory"
+    ]
+
+
+def test_send_reports_unreachable_service(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/Webservices/SyncNotification.svc"
+    result = run(["send", str(SAMPLES / "01_status_event.xml"), "--url", url], {}, tmp_path)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot post" in result.stderr
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run(SYNCNOTIFY + ["--help"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    for command in ("up", "ingress", "worker", "db", "send"):
+        assert command in result.stdout
+    assert sys.executable
