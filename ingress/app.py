@@ -25,9 +25,7 @@ from .enqueue import Enqueuer
 logger = logging.getLogger(__name__)
 
 #: ``/Webservices/SyncNotification.svc`` with an optional tenant segment in front, any case (as IIS did).
-NOTIFICATION_PATH = re.compile(
-    r"^/(?:(?P<tenant>[^/]+)/)?webservices/syncnotification\.svc/?$", re.IGNORECASE
-)
+NOTIFICATION_PATH = re.compile(r"^/(?:(?P<tenant>[^/]+)/)?webservices/syncnotification\.svc/?$", re.IGNORECASE)
 DEFAULT_TENANT = "Default"
 
 
@@ -130,9 +128,7 @@ async def check(request: Request, settings: Settings) -> tuple[str, str, bytes]:
     if not soap.soap_action_ok(request.headers.get("soapaction"), content_type):
         raise Rejection(400, f"SOAPAction must be {soap.SOAP_ACTION}")
     if not soap.content_type_ok(content_type):
-        raise Rejection(
-            415, f"content type {content_type or '(none)'!r} is not text/xml or application/soap+xml"
-        )
+        raise Rejection(415, f"content type {content_type or '(none)'!r} is not text/xml or application/soap+xml")
     body = await read_body(request, settings.max_body_bytes)
     if not body:
         raise Rejection(400, "body is empty")
@@ -153,9 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await enqueuer.stop()
 
-    app = FastAPI(
-        title="syncnotify ingress", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )
+    app = FastAPI(title="syncnotify ingress", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/{path:path}")
     async def notify(request: Request) -> Response:
@@ -172,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         payload = Payload(
             id=uuid.uuid4().hex,
             tenant=tenant,
-            received_at=time.time(),
+            received_at=round(time.time(), 6),  # microseconds, as the databases keep them
             source=source,
             subscription_ids=ids,
             body=body,

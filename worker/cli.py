@@ -53,6 +53,7 @@ def cmd_ingress(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.processes,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the logging configured above (text or JSON) for uvicorn's messages too
         access_log=False,
         # Exchange keeps connections open between notifications; idle ones are closed after this.
         timeout_keep_alive=30,
