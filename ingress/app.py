@@ -104,16 +104,24 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = decoder.decompress(body, limit + 1)  # never inflate more than the limit (gzip bombs)
-    except zlib.error as exc:
-        raise Rejection(400, f"body is not valid gzip: {exc}") from None
-    if len(data) > limit or decoder.unconsumed_tail:
-        raise Rejection(413, f"gzip body decodes to more than the limit of {limit} bytes")
-    if not decoder.eof:
-        raise Rejection(400, "gzip body is truncated")
-    return data
+    """Decode every gzip member (RFC 1952 allows several), never inflating more than ``limit`` (gzip bombs)."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest:
+        decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            data = decoder.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise Rejection(400, f"body is not valid gzip: {exc}") from None
+        size += len(data)
+        if size > limit or decoder.unconsumed_tail:
+            raise Rejection(413, f"gzip body decodes to more than the limit of {limit} bytes")
+        if not decoder.eof:
+            raise Rejection(400, "gzip body is truncated")
+        parts.append(data)
+        rest = decoder.unused_data
+    return b"".join(parts)
 
 
 async def check(request: Request, settings: Settings) -> tuple[str, str, bytes]:

@@ -71,7 +71,7 @@ class Enqueuer:
         self.redis = redis or Redis.from_url(settings.redis, socket_timeout=5, socket_connect_timeout=2)
         self.spool = spool or Spool(settings.spool_dir)
         self.unsubscribed: frozenset[str] = frozenset()
-        self.redis_ok = True
+        self.redis_ok = False  # until the first check in start()
         self._pending: list[tuple[Payload, asyncio.Future[str]]] = []
         self._wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
@@ -79,6 +79,7 @@ class Enqueuer:
         self._closing = False
 
     async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._maintain_sync)
         self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._maintain_loop())]
 
     async def stop(self) -> None:

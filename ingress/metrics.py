@@ -27,9 +27,7 @@ ENQUEUE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
-SPOOL_BACKLOG = Gauge(
-    "syncnotify_ingress_spool_backlog", "Payloads waiting in this process's spool", registry=REGISTRY
-)
+SPOOL_BACKLOG = Gauge("syncnotify_ingress_spool_backlog", "Payloads waiting in this process's spool", registry=REGISTRY)
 
 
 def render() -> bytes:

@@ -1,6 +1,6 @@
 """The local journal that holds payloads while Redis cannot take them.
 
-Each ingress process appends to a file of its own (``<host>-<pid>-<start>.spool``), fsyncing before the
+Each ingress process appends to a file of its own (``<start>-<host>-<pid>.spool``), fsyncing before the
 answer goes out, so several processes never interleave writes.  Records are length-prefixed pickles of
 ``Payload`` dicts with a CRC, so a record torn by a crash is detected and dropped: it was never answered.
 Draining moves whole files, oldest first: a file is deleted only after every payload in it is on the queue.
@@ -41,7 +41,8 @@ class Spool:
         if self._file is None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.spool"
+                # creation time first, so that sorting names drains older files first
+                name = f"{time.time_ns()}-{socket.gethostname()}-{os.getpid()}.spool"
                 self._path = self.directory / name
                 self._file = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,12 +53,19 @@ class Spool:
 
     def append(self, payloads: list[Payload]) -> None:
         """Write ``payloads`` and fsync; raises ``SpoolError`` when the disk cannot take them."""
-        data = b"".join(_record(p) for p in payloads)
+        data = memoryview(b"".join(_record(p) for p in payloads))
         fd = self._open()
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            os.write(fd, data)
+            while data:  # a short write (disk full, file size limit) must not pass for a stored record
+                written = os.write(fd, data)
+                data = data[written:]
             os.fsync(fd)
         except OSError as exc:
+            try:  # leave no torn record behind: it was never answered, and later records must stay readable
+                os.ftruncate(fd, start)
+            except OSError:
+                logger.error("cannot truncate spool file %s after a failed write", self._path)
             raise SpoolError(f"cannot write to spool file {self._path}: {exc}") from exc
         self._count += len(payloads)
 
@@ -76,28 +84,33 @@ class Spool:
     def drain(self, enqueue: Callable[[list[Payload]], None], chunk: int = 200) -> int:
         """Hand every spooled payload to ``enqueue`` in arrival order; return how many were moved.
 
-        ``enqueue`` raising stops the drain with the rest kept on disk (it is tried again later).
+        ``enqueue`` raising stops the drain with the rest kept on disk (it is tried again later).  Progress
+        is recorded after each chunk (``<file>.done`` holds the byte offset reached), so a drain that stops
+        half-way, or a process killed mid-drain, resends at most the one chunk in flight, never the file.
         """
         moved = 0
         self._close()
-        for path in sorted(self.directory.glob("*.spool"), key=lambda p: p.stat().st_mtime):
+        for path in sorted(self.directory.glob("*.spool")):
             fd = os.open(path, os.O_RDWR)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # another live process owns it
+                progress = path.with_suffix(".done")
                 batch: list[Payload] = []
-                for payload in _read(path):
+                for payload, end in _read(path, _done_offset(progress)):
                     batch.append(payload)
                     if len(batch) >= chunk:
                         enqueue(batch)
+                        _record_progress(progress, end)
                         moved += len(batch)
                         batch = []
                 if batch:
                     enqueue(batch)
                     moved += len(batch)
                 path.unlink()
+                progress.unlink(missing_ok=True)
             finally:
                 os.close(fd)
         self._count = 0
@@ -125,16 +138,29 @@ def _record(payload: Payload) -> bytes:
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
 
 
-def _read(path: Path) -> Iterator[Payload]:
+def _done_offset(progress: Path) -> int:
+    try:
+        return int(progress.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _record_progress(progress: Path, offset: int) -> None:
+    tmp = progress.with_suffix(".done-tmp")
+    tmp.write_text(str(offset))
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(progress)
+
+
+def _read(path: Path, offset: int = 0) -> Iterator[tuple[Payload, int]]:
+    """Each payload from ``offset`` on, with the offset just past it."""
     blob = path.read_bytes()
-    offset = 0
     while offset + _HEADER.size <= len(blob):
         length, crc = _HEADER.unpack_from(blob, offset)
         data = blob[offset + _HEADER.size : offset + _HEADER.size + length]
         if len(data) < length or zlib.crc32(data) != crc:
-            logger.warning(
-                "spool file %s ends in a torn record at byte %d (never answered); dropped", path, offset
-            )
+            logger.warning("spool file %s ends in a torn record at byte %d (never answered); dropped", path, offset)
             return
-        yield pickle.loads(data)  # noqa: S301 - our own file, written by this program
         offset += _HEADER.size + length
+        yield pickle.loads(data), offset  # noqa: S301 - our own file, written by this program
