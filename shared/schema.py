@@ -114,9 +114,7 @@ chain_links = Table(
     Column("payload_id", Text, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("waiting_since", UTCDateTime, nullable=True),  # null once linked
-    UniqueConstraint(
-        "tenant", "subscription_id", "last_watermark", "previous_watermark", name="uq_chain_links_link"
-    ),
+    UniqueConstraint("tenant", "subscription_id", "last_watermark", "previous_watermark", name="uq_chain_links_link"),
     Index("ix_chain_links_predecessor", "tenant", "subscription_id", "previous_watermark"),
     Index(None, "waiting_since"),
 )

@@ -186,9 +186,7 @@ def test_compose_file_is_valid_against_the_compose_specification(
     validator_class.check_schema(compose_schema)
     validator = validator_class(compose_schema)
     errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
-    assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
-    )
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors)
 
 
 @pytest.mark.parametrize(
@@ -251,9 +249,7 @@ def test_every_command_is_a_syncnotify_subcommand_the_cli_knows(argv: list[str])
         check=False,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, (
-        f"`syncnotify {' '.join(subcommand)} --help` exited {result.returncode}:\n{output}"
-    )
+    assert result.returncode == 0, f"`syncnotify {' '.join(subcommand)} --help` exited {result.returncode}:\n{output}"
     assert output.strip(), f"`syncnotify {' '.join(subcommand)} --help` printed nothing"
     for option in _options(argv):
         assert option in output, f"`syncnotify {' '.join(subcommand)}` does not document {option}:\n{output}"
@@ -290,9 +286,7 @@ def test_postgres_password_is_required_and_data_is_on_a_named_volume(
 
 def test_no_plaintext_passwords(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     environments = {name: _environment(service) for name, service in services.items()}
-    environments.update(
-        {key: value for key, value in compose.items() if key.startswith("x-") and "env" in key}
-    )
+    environments.update({key: value for key, value in compose.items() if key.startswith("x-") and "env" in key})
     checked = 0
     for owner, env in environments.items():
         for key, value in env.items():
@@ -309,9 +303,7 @@ def test_no_plaintext_passwords(compose: dict[str, Any], services: dict[str, dic
                 checked += 1
     assert checked, "found no password setting at all: the check is looking in the wrong place"
     # A secret must never sit in the file as a default value either: ${VAR:-secret}.
-    assert not re.search(
-        r"\$\{[A-Z_]*(PASSWORD|SECRET|TOKEN)[A-Z_]*:?-", COMPOSE_FILE.read_text(encoding="utf-8")
-    )
+    assert not re.search(r"\$\{[A-Z_]*(PASSWORD|SECRET|TOKEN)[A-Z_]*:?-", COMPOSE_FILE.read_text(encoding="utf-8"))
 
 
 def test_migrations_run_once_before_ingress_and_workers(services: dict[str, dict[str, Any]]) -> None:
@@ -347,13 +339,9 @@ def test_long_running_services_are_health_checked(services: dict[str, dict[str, 
         for dep, condition in _depends_on(service).items():
             assert dep in services, f"{name} depends on unknown service {dep}"
             if condition == "service_healthy":
-                assert _healthcheck_enabled(services[dep]), (
-                    f"{name} waits for {dep} to be healthy: it has no check"
-                )
+                assert _healthcheck_enabled(services[dep]), f"{name} waits for {dep} to be healthy: it has no check"
             if condition == "service_completed_successfully":
-                assert services[dep].get("restart") == ONE_SHOT, (
-                    f"{dep} must run once for {name} to wait on it"
-                )
+                assert services[dep].get("restart") == ONE_SHOT, f"{dep} must run once for {name} to wait on it"
 
 
 def test_ingress_serves_8080_with_a_curl_free_healthcheck(services: dict[str, dict[str, Any]]) -> None:
@@ -362,9 +350,7 @@ def test_ingress_serves_8080_with_a_curl_free_healthcheck(services: dict[str, di
     assert _subcommand(argv) == ["ingress"]
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
     assert argv[argv.index("--port") + 1] == "8080"
-    published = [
-        str(p["target"]) if isinstance(p, dict) else str(p).rsplit(":", 1)[-1] for p in ingress["ports"]
-    ]
+    published = [str(p["target"]) if isinstance(p, dict) else str(p).rsplit(":", 1)[-1] for p in ingress["ports"]]
     assert "8080" in [p.split("/")[0] for p in published]
     check = _healthcheck_text(ingress)
     assert "curl" not in check and "wget" not in check, "the image has neither curl nor wget"
@@ -398,9 +384,7 @@ def test_project_services_share_one_image_and_one_environment(
     builds = [s.get("build") for s in project]
     assert all(b == builds[0] for b in builds) and builds[0], "one build, from the project's Dockerfile"
     build = builds[0] if isinstance(builds[0], dict) else {"context": builds[0]}
-    assert (
-        Path(ROOT, build.get("context", "."), build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE
-    )
+    assert Path(ROOT, build.get("context", "."), build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE
     common = set.intersection(*(set(_environment(s)) for s in project))
     assert {"SYNCNOTIFY_REDIS_URL", "SYNCNOTIFY_DATABASE_URL"} <= common
     assert any(key.startswith("x-") for key in compose), "shared settings belong in an x- extension field"
@@ -431,9 +415,7 @@ def test_dockerfile_builds_a_non_root_syncnotify_image(services: dict[str, dict[
     assert users, "no USER: the container would run as root"
     final_user = users[-1].split(":")[0]
     assert final_user not in ("root", "0")
-    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN"), (
-        "USER after the last RUN"
-    )
+    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN"), "USER after the last RUN"
 
     cmd = [args for keyword, args in instructions if keyword == "CMD"]
     assert len(cmd) == 1 and cmd[0].startswith("["), "CMD in exec form, so signals reach syncnotify"
@@ -459,7 +441,5 @@ def test_build_context_holds_the_project_and_no_secrets() -> None:
     readme = pyproject["project"].get("readme")
     if isinstance(readme, str):
         needed.add(readme)
-    assert needed <= allowed, (
-        f".dockerignore leaves out what `pip install .` needs: {sorted(needed - allowed)}"
-    )
+    assert needed <= allowed, f".dockerignore leaves out what `pip install .` needs: {sorted(needed - allowed)}"
     assert not allowed & {".env", ".venv", "tests", ".git", "spool"}

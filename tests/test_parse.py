@@ -78,9 +78,7 @@ def refused(body: bytes, error_class: str, *fragments: str) -> str:
     return message
 
 
-def utc(
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
-) -> datetime:
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
@@ -166,9 +164,7 @@ def test_02_created_event_item_chains_from_01() -> None:
     parsed = parse_sample("02_created_event_item.xml")
     assert parsed.server_version == "Exchange2016"
     note = only_notification(parsed)
-    assert (
-        note.previous_watermark == parse_sample("01_status_event.xml").notifications[0].events[-1].watermark
-    )
+    assert note.previous_watermark == parse_sample("01_status_event.xml").notifications[0].events[-1].watermark
     created, modified = note.events
     assert created == Event(
         "Created",
@@ -385,20 +381,14 @@ def test_several_response_messages_in_one_post() -> None:
 def test_problem_in_second_message_is_located() -> None:
     body = envelope(
         notification_message(SUBSCRIPTION_B, None, [make_event("Created", watermark(2))]),
-        notification_message(
-            SUBSCRIPTION_A, None, [make_event("Created", watermark(3)), make_event("Modified", None)]
-        ),
+        notification_message(SUBSCRIPTION_A, None, [make_event("Created", watermark(3)), make_event("Modified", None)]),
     )
-    refused(
-        body, "unknown_structure", f"response message 2, event 2 (ModifiedEvent) of subscription {SHORT_A}"
-    )
+    refused(body, "unknown_structure", f"response message 2, event 2 (ModifiedEvent) of subscription {SHORT_A}")
 
 
 def test_warning_class_is_a_notification_if_it_carries_one() -> None:
     body = envelope(
-        notification_message(
-            SUBSCRIPTION_A, None, [make_event("Created", watermark(2))], response_class="Warning"
-        ),
+        notification_message(SUBSCRIPTION_A, None, [make_event("Created", watermark(2))], response_class="Warning"),
         '<m:SendNotificationResponseMessage ResponseClass="Warning"><m:MessageText>slow</m:MessageText>'
         "<m:ResponseCode>ErrorServerBusy</m:ResponseCode></m:SendNotificationResponseMessage>",
     )
@@ -483,9 +473,7 @@ def test_builder_prefixes() -> None:
     events = [make_event("Created", watermark(2))]
     expected = parse_payload(make_notification(SUBSCRIPTION_A, watermark(1), events))
     for prefix in ("s", "soap", ""):
-        assert (
-            parse_payload(make_notification(SUBSCRIPTION_A, watermark(1), events, prefix=prefix)) == expected
-        )
+        assert parse_payload(make_notification(SUBSCRIPTION_A, watermark(1), events, prefix=prefix)) == expected
 
 
 def test_right_prefix_wrong_namespace_is_not_accepted() -> None:
@@ -645,15 +633,11 @@ def test_missing_watermark_message_names_message_event_and_subscription() -> Non
         make_event("Modified", None),
     ]
     message = refused(make_notification(SUBSCRIPTION_A, watermark(1), events), "unknown_structure")
-    assert (
-        message == f"response message 1, event 3 (ModifiedEvent) of subscription {SHORT_A} has no Watermark"
-    )
+    assert message == f"response message 1, event 3 (ModifiedEvent) of subscription {SHORT_A} has no Watermark"
 
 
 def test_status_event_without_watermark_is_legal() -> None:
-    note = only_notification(
-        parse_payload(make_notification(SUBSCRIPTION_A, None, [make_event("Status", None)]))
-    )
+    note = only_notification(parse_payload(make_notification(SUBSCRIPTION_A, None, [make_event("Status", None)])))
     assert note.events == (Event("Status", None, None),)
 
 
@@ -724,11 +708,7 @@ def test_unknown_structure(events: list[str], fragment: str) -> None:
             "response message 1 (ResponseClass Success) has no Notification",
         ),
         (
-            [
-                notification_message(
-                    SUBSCRIPTION_A, None, [make_event("Created", watermark(2))], response_class="Maybe"
-                )
-            ],
+            [notification_message(SUBSCRIPTION_A, None, [make_event("Created", watermark(2))], response_class="Maybe")],
             "response message 1 has ResponseClass 'Maybe'; expected Success, Warning or Error",
         ),
         (
@@ -792,9 +772,7 @@ def test_bad_unread_count(unread: str, fragment: str) -> None:
 def test_good_unread_count(unread: str, value: int) -> None:
     events = [make_event("Modified", watermark(2), folder_id=INBOX_FOLDER_ID, unread_count=unread)]
     assert (
-        only_notification(parse_payload(make_notification(SUBSCRIPTION_A, None, events)))
-        .events[0]
-        .unread_count
+        only_notification(parse_payload(make_notification(SUBSCRIPTION_A, None, events))).events[0].unread_count
         == value
     )
 
@@ -938,9 +916,7 @@ def test_cdata_and_attributes_on_text_elements() -> None:
 def test_unknown_child_elements_of_an_event_are_ignored() -> None:
     # A newer Exchange may add fields to known events; only unknown *event types* would lose data.
     events = [
-        make_event(
-            "Created", watermark(2), extra='<t:ItemClass>IPM.Appointment</t:ItemClass><x:Y xmlns:x="urn:x"/>'
-        )
+        make_event("Created", watermark(2), extra='<t:ItemClass>IPM.Appointment</t:ItemClass><x:Y xmlns:x="urn:x"/>')
     ]
     plain = [make_event("Created", watermark(2))]
     assert parse_payload(make_notification(SUBSCRIPTION_A, None, events)) == parse_payload(
@@ -955,11 +931,7 @@ def test_utf8_bom() -> None:
 
 @pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be"])
 def test_utf16(codec: str) -> None:
-    text = (
-        sample("03_modified_event_item_and_folder.xml")
-        .decode()
-        .replace('encoding="utf-8"', 'encoding="utf-16"')
-    )
+    text = sample("03_modified_event_item_and_folder.xml").decode().replace('encoding="utf-8"', 'encoding="utf-16"')
     body = text.encode(codec)
     if codec == "utf-16-le":
         body = b"\xff\xfe" + body
@@ -989,19 +961,14 @@ def test_other_honest_encodings(declared: str) -> None:
 
 
 def test_non_ascii_utf8_values() -> None:
-    note = only_notification(
-        parse_payload(make_notification("Raum-Zürich-☃", None, [make_event("Status", None)]))
-    )
+    note = only_notification(parse_payload(make_notification("Raum-Zürich-☃", None, [make_event("Status", None)])))
     assert note.subscription_id == "Raum-Zürich-☃"
 
 
 def test_huge_attribute_value_is_fine() -> None:
     big = "A" * 2_000_000
     events = [make_event("Created", watermark(2), item_id=big)]
-    assert (
-        only_notification(parse_payload(make_notification(SUBSCRIPTION_A, None, events))).events[0].item_id
-        == big
-    )
+    assert only_notification(parse_payload(make_notification(SUBSCRIPTION_A, None, events))).events[0].item_id == big
 
 
 def test_long_values_are_clipped_in_messages() -> None:
@@ -1020,9 +987,7 @@ def test_deep_nesting_never_escapes_as_recursion_error(where: str) -> None:
     if where == "root":
         body = nest.encode()
     elif where == "header":
-        body = sample("02_created_event_item.xml").replace(
-            b"</soap11:Header>", nest.encode() + b"</soap11:Header>"
-        )
+        body = sample("02_created_event_item.xml").replace(b"</soap11:Header>", nest.encode() + b"</soap11:Header>")
     else:
         body = make_notification(SUBSCRIPTION_A, None, [make_event("Created", watermark(2), extra=nest)])
     started = time.perf_counter()

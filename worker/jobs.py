@@ -161,9 +161,7 @@ def _split_off(redis: Redis, payload: Payload, exc: PermanentError) -> None:
     """Give a bad payload a job of its own, which fails alone into the dead-letter queue."""
     current = get_current_job()
     failure_ttl = current.failure_ttl if current is not None else get_settings().dlq_retention_days * 86400
-    logger.warning(
-        "payload %s split off for the dead-letter queue: %s", payload["id"], exc, extra=_fields(payload)
-    )
+    logger.warning("payload %s split off for the dead-letter queue: %s", payload["id"], exc, extra=_fields(payload))
     Queue(QUEUE_NAME, connection=redis).enqueue(
         STORE_JOB,
         args=([payload],),

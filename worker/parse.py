@@ -241,12 +241,8 @@ def _read_envelope(doc: Any) -> ParsedPayload:
         raise PermanentError("SOAP envelope has no Body (or it is empty)", "not_send_notification")
     send = body.get("m:SendNotification", _ABSENT)
     if send is _ABSENT:
-        found = ", ".join(
-            f"<{_clip(k)}>" for k in body if isinstance(k, str) and not k.startswith(("@", "#"))
-        )
-        raise PermanentError(
-            f"SOAP Body holds {found or 'nothing'}, not <m:SendNotification>", "not_send_notification"
-        )
+        found = ", ".join(f"<{_clip(k)}>" for k in body if isinstance(k, str) and not k.startswith(("@", "#")))
+        raise PermanentError(f"SOAP Body holds {found or 'nothing'}, not <m:SendNotification>", "not_send_notification")
     send = _one(send, "SendNotification", "SOAP Body")
     messages = send.get("m:ResponseMessages", _ABSENT) if isinstance(send, dict) else _ABSENT
     if messages is _ABSENT:
@@ -275,17 +271,11 @@ def _read_envelope(doc: Any) -> ParsedPayload:
             errors.append(_read_error(message, notification, where))
         elif response_class in ("Success", "Warning"):
             if notification is _ABSENT:
-                raise PermanentError(
-                    f"{where} (ResponseClass Success) has no Notification", "unknown_structure"
-                )
+                raise PermanentError(f"{where} (ResponseClass Success) has no Notification", "unknown_structure")
             notifications.append(_read_notification(notification, where))
         else:
-            found = (
-                "no ResponseClass" if response_class is None else f"ResponseClass {_clip(response_class)!r}"
-            )
-            raise PermanentError(
-                f"{where} has {found}; expected Success, Warning or Error", "unknown_structure"
-            )
+            found = "no ResponseClass" if response_class is None else f"ResponseClass {_clip(response_class)!r}"
+            raise PermanentError(f"{where} has {found}; expected Success, Warning or Error", "unknown_structure")
     return ParsedPayload(tuple(notifications), tuple(errors), _server_version(envelope))
 
 
@@ -342,9 +332,7 @@ def _read_notification(notification: Any, where: str) -> Notification:
                     raise PermanentError(f"{where}: MoreEvents {_clip(text)!r} is not a boolean", "bad_value")
                 more = _XS_BOOLEAN[text]
         else:
-            raise PermanentError(
-                f"{where}: Notification holds an unknown element <{_clip(name)}>", "unknown_structure"
-            )
+            raise PermanentError(f"{where}: Notification holds an unknown element <{_clip(name)}>", "unknown_structure")
     if subscription_id is None:
         raise PermanentError(f"{where}: Notification has no SubscriptionId", "no_subscription_id")
     if not raw_events:
@@ -353,9 +341,7 @@ def _read_notification(notification: Any, where: str) -> Notification:
             "unknown_structure",
         )
     events = tuple(
-        _read_event(
-            name, value, f"{where}, event {number} ({name[2:]}) of subscription {_short(subscription_id)!r}"
-        )
+        _read_event(name, value, f"{where}, event {number} ({name[2:]}) of subscription {_short(subscription_id)!r}")
         for number, (name, value) in enumerate(raw_events, 1)
     )
     return Notification(subscription_id, previous, more, events)

@@ -26,9 +26,7 @@ def in_flight_of(redis: Redis, keys: Sequence[SubscriptionKey]) -> InFlight:
             pipe.zrange(inflight_key(tenant, subscription_id), 0, -1, withscores=True)
         answers = pipe.execute()
     return {
-        key: [(m.decode(), float(s)) for m, s in answer]
-        for key, answer in zip(keys, answers, strict=True)
-        if answer
+        key: [(m.decode(), float(s)) for m, s in answer] for key, answer in zip(keys, answers, strict=True) if answer
     }
 
 

@@ -159,10 +159,7 @@ def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[Subscriptio
         return {}
     conn.execute(
         _insert(conn, subscriptions),
-        [
-            {"tenant": t, "subscription_id": s, "last_seq": 0, "state": "active", "gap_count": 0}
-            for t, s in keys
-        ],
+        [{"tenant": t, "subscription_id": s, "last_seq": 0, "state": "active", "gap_count": 0} for t, s in keys],
     )
     query = (
         select(subscriptions)
@@ -190,9 +187,7 @@ def _rows(delivery: Delivery, notification: Notification, now: datetime) -> list
     return rows
 
 
-def _row(
-    delivery: Delivery, subscription_id: str, event: Event, previous: str | None, now: datetime
-) -> dict[str, Any]:
+def _row(delivery: Delivery, subscription_id: str, event: Event, previous: str | None, now: datetime) -> dict[str, Any]:
     return {
         "tenant": delivery.tenant,
         "subscription_id": subscription_id,
@@ -253,8 +248,7 @@ def _add_notification(
         for offset, row in enumerate(rows, start=1):
             row["seq"] = chain.last_seq + offset
     stored = {
-        r.watermark
-        for r in conn.execute(_insert(conn, notifications).returning(notifications.c.watermark), rows)
+        r.watermark for r in conn.execute(_insert(conn, notifications).returning(notifications.c.watermark), rows)
     }
     result.duplicates += len(rows) - len(stored)
     result.rows += len(stored)
@@ -329,9 +323,7 @@ def _head_blocked(
     conn: Connection, chain: _Chain, head: _Link, in_flight: Sequence[tuple[str, float]], batch: set[str]
 ) -> bool:
     """Whether a payload received before ``head`` is still in flight and not stored yet."""
-    earlier = {
-        pid for pid, score in in_flight if score < head.received_at.timestamp() and pid != head.payload_id
-    }
+    earlier = {pid for pid, score in in_flight if score < head.received_at.timestamp() and pid != head.payload_id}
     earlier -= batch
     if not earlier:
         return False
@@ -397,9 +389,7 @@ def _save(conn: Connection, chain: _Chain) -> None:
     values = dict(chain.changed, last_watermark=chain.tail, last_seq=chain.last_seq)
     conn.execute(
         update(subscriptions)
-        .where(
-            subscriptions.c.tenant == chain.tenant, subscriptions.c.subscription_id == chain.subscription_id
-        )
+        .where(subscriptions.c.tenant == chain.tenant, subscriptions.c.subscription_id == chain.subscription_id)
         .values(**values)
     )
 
