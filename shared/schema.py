@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -96,6 +97,7 @@ subscriptions = Table(
     Column("error_code", Text, nullable=True),
     Column("gap_count", Integer, nullable=False, server_default="0"),
     Column("server_version", Text, nullable=True),
+    Column("heartbeat_seconds", Float, nullable=True),  # the usual longest silence, learned (see worker.store)
     CheckConstraint("state IN ('" + "', '".join(SUBSCRIPTION_STATES) + "')", name="state"),
 )
 

@@ -9,6 +9,7 @@ own, which fails with a located ``PermanentError`` and so lands, by itself, in R
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -17,16 +18,16 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Callback, Queue
 from rq.job import Job, get_current_job
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from shared.errors import PermanentError, TransientError
-from shared.queues import FAILURE_CALLBACK, JOB_TIMEOUT_SECONDS, QUEUE_NAME, STORE_JOB, inflight_key
+from shared.errors import PermanentError, SyncNotifyError, TransientError
+from shared.queues import inflight_key
 from shared.schema import make_engine
 from shared.settings import get_settings, redact_url
 from shared.types import Payload
+from worker import dlq, metrics
 from worker.parse import parse_payload
 from worker.store import Delivery, InFlight, StoreResult, SubscriptionKey, store
 
@@ -47,8 +48,13 @@ def _connection() -> Redis:
 
 
 def store_payloads(payloads: list[Payload]) -> dict[str, int]:
-    """Store ``payloads``; raise ``PermanentError`` if a lone payload is bad, ``TransientError`` to be retried."""
+    """Store ``payloads``; raise ``PermanentError`` if a lone payload is bad, ``TransientError`` to be retried.
+
+    In a job of several payloads, a bad one is dead-lettered alone and the others are stored; when a
+    transient failure outlasts the retries, each payload is dead-lettered on its own.
+    """
     redis = _connection()
+    job = get_current_job()
     deliveries: list[Delivery] = []
     bad: list[tuple[Payload, PermanentError]] = []
     for payload in payloads:
@@ -60,28 +66,61 @@ def store_payloads(payloads: list[Payload]) -> dict[str, int]:
         received = datetime.fromtimestamp(payload["received_at"], UTC)
         deliveries.append(Delivery(payload["id"], payload["tenant"], received, parsed))
 
-    result, failed = _store_isolating(deliveries, _in_flight(redis, deliveries))
+    try:
+        result, failed = _store_isolating(deliveries, _in_flight(redis, deliveries))
+    except TransientError as exc:
+        if len(payloads) == 1 or (job is not None and job.should_retry):
+            raise
+        for payload in payloads:  # retries spent: each payload gets its own dead-letter entry
+            error = next((e for p, e in bad if p is payload), exc)
+            _dead_letter(redis, job, payload, error)
+        return {"rows": 0, "duplicates": 0, "gaps": 0, "dead_lettered": len(payloads)}
     bad += [(p, failed[p["id"]]) for p in payloads if p["id"] in failed]
     if len(payloads) == 1 and bad:
         payload, error = bad[0]
-        logger.warning("payload %s fails permanently: %s", payload["id"], error, extra=_fields(payload))
+        logger.warning("payload %s fails permanently: %s", payload["id"], error, extra=_fields(payload, job))
         raise error
     for payload, error in bad:
-        _split_off(redis, payload, error)
-    _release(redis, [p for p in payloads if p["id"] not in {b[0]["id"] for b in bad}])
+        _dead_letter(redis, job, payload, error)
+    stored = [p for p in payloads if p["id"] not in {b[0]["id"] for b in bad}]
+    _release(redis, stored)
+    _observe(result, stored)
     logger.info(
         "stored %d rows from %d payloads (%d duplicates, %d gaps)",
         result.rows,
-        len(payloads) - len(bad),
+        len(stored),
         result.duplicates,
         result.gaps,
+        extra={"job_id": job.id if job else None},
     )
-    return {
-        "rows": result.rows,
-        "duplicates": result.duplicates,
-        "gaps": result.gaps,
-        "dead_lettered": len(bad),
-    }
+    return {"rows": result.rows, "duplicates": result.duplicates, "gaps": result.gaps, "dead_lettered": len(bad)}
+
+
+def _observe(result: StoreResult, stored: Sequence[Payload]) -> None:
+    metrics.EVENTS_STORED.inc(result.rows)
+    metrics.DUPLICATES.inc(result.duplicates)
+    metrics.GAPS.inc(result.gaps)
+    metrics.PAYLOADS.labels("stored").inc(len(stored))
+    now = time.time()
+    for payload in stored:
+        metrics.RECEIPT_TO_ROW.observe(max(0.0, now - payload["received_at"]))
+
+
+def _dead_letter(redis: Redis, job: Job | None, payload: Payload, error: SyncNotifyError) -> None:
+    error_class = error.error_class if isinstance(error, PermanentError) else "transient"
+    attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
+    retention = job.failure_ttl if job is not None and job.failure_ttl else get_settings().dlq_retention_days * 86400
+    entry = dlq.dead_letter(redis, payload, error_class, str(error), attempts, retention)
+    metrics.DEAD_LETTERED.labels(error_class).inc()
+    metrics.PAYLOADS.labels("dead_lettered").inc()
+    logger.warning(
+        "payload %s dead-lettered as %s (%s): %s",
+        payload["id"],
+        entry.id,
+        error_class,
+        error,
+        extra=_fields(payload, job),
+    )
 
 
 def _store_isolating(
@@ -157,37 +196,29 @@ def _release(redis: Redis, payloads: Sequence[Payload]) -> None:
         logger.warning("could not release in-flight marks: %s", exc)
 
 
-def _split_off(redis: Redis, payload: Payload, exc: PermanentError) -> None:
-    """Give a bad payload a job of its own, which fails alone into the dead-letter queue."""
-    current = get_current_job()
-    failure_ttl = current.failure_ttl if current is not None else get_settings().dlq_retention_days * 86400
-    logger.warning("payload %s split off for the dead-letter queue: %s", payload["id"], exc, extra=_fields(payload))
-    Queue(QUEUE_NAME, connection=redis).enqueue(
-        STORE_JOB,
-        args=([payload],),
-        job_timeout=JOB_TIMEOUT_SECONDS,
-        result_ttl=0,
-        failure_ttl=failure_ttl,
-        on_failure=Callback(FAILURE_CALLBACK),
-        meta={"tenants": [payload["tenant"]], "payloads": 1, "split_from": current.id if current else None},
-    )
-
-
-def _fields(payload: Payload) -> dict[str, Any]:
+def _fields(payload: Payload, job: Job | None) -> dict[str, Any]:
     ids = payload["subscription_ids"]
-    return {"tenant": payload["tenant"], "subscription": ids[0] if ids else None, "payload_id": payload["id"]}
+    return {
+        "tenant": payload["tenant"],
+        "subscription": ids[0] if ids else None,
+        "payload_id": payload["id"],
+        "job_id": job.id if job is not None else None,
+    }
 
 
 def on_failure(
     job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
-    """RQ failure callback: a permanent failure is dead-lettered at once, not retried; record why."""
+    """RQ failure callback: a permanent failure is dead-lettered at once, not retried; record why and how often."""
     if isinstance(exc, PermanentError):
         job.retries_left = 0
-        job.meta["error_class"] = exc.error_class
+        error_class = exc.error_class
     elif isinstance(exc, TransientError):
-        job.meta["error_class"] = "transient"
+        error_class = "transient"
     else:
-        job.meta["error_class"] = exc_type.__name__
-    job.meta["error"] = str(exc)
+        error_class = exc_type.__name__
+    job.meta.update(error_class=error_class, error=str(exc), attempts=int(job.meta.get("attempts", 0)) + 1)
     job.save_meta()  # type: ignore[no-untyped-call]
+    if not job.should_retry:
+        metrics.DEAD_LETTERED.labels(error_class).inc()
+        metrics.PAYLOADS.labels("dead_lettered").inc(len(job.args[0]) if job.args else 1)

@@ -81,6 +81,7 @@ class _Chain:
     tail: str | None
     last_seq: int
     last_seen_at: datetime | None
+    heartbeat_seconds: float | None
     gaps: int = 0
     changed: dict[str, Any] = field(default_factory=dict)
 
@@ -137,8 +138,7 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | 
             for delivery, _position, notification in by_key.get(key, []):
                 _add_notification(conn, chain, delivery, notification, now, result)
             _advance(conn, chain, now, result, (in_flight or {}).get(key, ()), batch_payloads)
-            if chain.last_seen_at is None or chain.last_seen_at < seen[key]:
-                chain.changed["last_seen_at"] = seen[key]
+            _seen(chain, seen[key])
             if key in versions:
                 chain.changed["server_version"] = versions[key]
             if key in errors:
@@ -151,6 +151,25 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | 
                 )
             _save(conn, chain)
     return result
+
+
+#: How fast the remembered heartbeat interval forgets a long silence, per notification.
+HEARTBEAT_DECAY = 0.95
+
+
+def _seen(chain: _Chain, at: datetime) -> None:
+    """Move ``last_seen_at`` and learn the subscription's usual longest silence (its heartbeat interval).
+
+    The interval is the longest gap between notifications, decaying slowly, so that a room that reports
+    every 30 minutes when idle is not called stale after 5 busy ones.
+    """
+    if chain.last_seen_at is not None and at <= chain.last_seen_at:
+        return
+    if chain.last_seen_at is not None:
+        interval = (at - chain.last_seen_at).total_seconds()
+        previous = chain.heartbeat_seconds or interval
+        chain.changed["heartbeat_seconds"] = max(interval, previous * HEARTBEAT_DECAY)
+    chain.changed["last_seen_at"] = at
 
 
 def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[SubscriptionKey, _Chain]:
@@ -170,7 +189,7 @@ def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[Subscriptio
         query = query.with_for_update()
     return {
         (row.tenant, row.subscription_id): _Chain(
-            row.tenant, row.subscription_id, row.last_watermark, row.last_seq, row.last_seen_at
+            row.tenant, row.subscription_id, row.last_watermark, row.last_seq, row.last_seen_at, row.heartbeat_seconds
         )
         for row in conn.execute(query)
     }
