@@ -30,9 +30,8 @@ from shared.queues import (
     inflight_key,
 )
 from shared.settings import Settings
+from shared.spool import Spool
 from shared.types import Payload
-
-from .spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    make_url,
 )
 from sqlalchemy.engine import Dialect
 
@@ -32,6 +33,9 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: How long a SQLite connection waits for another process's write lock before failing (transiently).
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 SUBSCRIPTION_STATES = ("active", "stale", "needs_resync", "error", "unsubscribed")
 
@@ -125,19 +129,26 @@ chain_links = Table(
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url`` with the settings this project relies on.
 
-    On SQLite: WAL, a 30 s busy timeout, and ``BEGIN IMMEDIATE`` for every transaction, so that the
-    write lock is taken up front (the per-subscription lock of PostgreSQL's ``FOR UPDATE`` has no finer
-    equivalent there) and two workers never deadlock upgrading a read lock.
+    On SQLite: WAL, a 30 s busy timeout (``?timeout=N`` in the URL changes it), and ``BEGIN IMMEDIATE`` for
+    every transaction, so that the write lock is taken up front (the per-subscription lock of PostgreSQL's
+    ``FOR UPDATE`` has no finer equivalent there) and two workers never deadlock upgrading a read lock.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None}, **kwargs)
+        parsed = make_url(url)
+        # how long to wait for another process's write lock; ``?timeout=5`` in the URL changes it
+        timeout = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_SECONDS))  # type: ignore[arg-type]
+        engine = create_engine(
+            parsed.difference_update_query(["timeout"]),
+            connect_args={"timeout": timeout, "isolation_level": None},
+            **kwargs,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             cursor.close()
 
         @event.listens_for(engine, "begin")

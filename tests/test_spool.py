@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingress.spool import Spool
+from shared.spool import Spool
 from shared.types import Payload
 
 

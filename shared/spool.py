@@ -1,4 +1,4 @@
-"""The local journal that holds payloads while Redis cannot take them.
+"""The ingress's local journal that holds payloads while Redis cannot take them (``status`` counts it too).
 
 Each ingress process appends to a file of its own (``<start>-<host>-<pid>.spool``), fsyncing before the
 answer goes out, so several processes never interleave writes.  Records are length-prefixed pickles of
@@ -164,3 +164,18 @@ def _read(path: Path, offset: int = 0) -> Iterator[tuple[Payload, int]]:
             return
         offset += _HEADER.size + length
         yield pickle.loads(data), offset  # noqa: S301 - our own file, written by this program
+
+
+def count_records(directory: Path) -> int:
+    """Payloads waiting in the spool files of ``directory`` (all processes'), less what drains recorded as done."""
+    total = 0
+    try:
+        paths = sorted(directory.glob("*.spool"))
+    except OSError:
+        return 0
+    for path in paths:
+        try:
+            total += sum(1 for _ in _read(path, _done_offset(path.with_suffix(".done"))))
+        except OSError:
+            continue  # drained and deleted meanwhile
+    return total

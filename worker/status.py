@@ -1,0 +1,202 @@
+"""What operators see: the queue, the workers, the dead-letter queue, the spool and the subscriptions.
+
+Used by ``syncnotify status``, ``syncnotify subscriptions`` and the admin status page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from shared.queues import QUEUE_NAME, UNSUBSCRIBED_KEY
+from shared.schema import chain_links, subscriptions
+from shared.spool import count_records
+from shared.types import Payload
+from worker import dlq
+
+#: A subscription silent for this many of its usual heartbeat intervals is shown as stale …
+STALE_FACTOR = 3
+#: … but never before this long a silence (a freshly seen subscription has learned no interval yet).
+STALE_MIN_SECONDS = 15 * 60
+#: Without a learned interval, Exchange's longest StatusFrequency (1440 min) plus its retries is the bound.
+STALE_UNKNOWN_SECONDS = 26 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    tenant: str
+    subscription_id: str
+    state: str
+    last_seen_at: datetime | None
+    last_watermark: str | None
+    last_seq: int
+    gap_count: int
+    error_code: str | None
+    heartbeat_seconds: float | None
+    waiting: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "subscription_id": self.subscription_id,
+            "state": self.state,
+            "last_seen_at": self.last_seen_at.isoformat() if self.last_seen_at else None,
+            "last_watermark": self.last_watermark,
+            "last_seq": self.last_seq,
+            "gap_count": self.gap_count,
+            "error_code": self.error_code,
+            "heartbeat_seconds": self.heartbeat_seconds,
+            "waiting": self.waiting,
+        }
+
+
+def stale_after(heartbeat_seconds: float | None) -> timedelta:
+    """How long a subscription may be silent before it is shown as ``stale``."""
+    if heartbeat_seconds is None:
+        return timedelta(seconds=STALE_UNKNOWN_SECONDS)
+    return timedelta(seconds=max(STALE_MIN_SECONDS, STALE_FACTOR * heartbeat_seconds))
+
+
+def shown_state(state: str, last_seen_at: datetime | None, heartbeat_seconds: float | None, now: datetime) -> str:
+    """``stale`` for an active subscription silent for much longer than usual, else the stored state."""
+    if state == "active" and last_seen_at is not None and now - last_seen_at > stale_after(heartbeat_seconds):
+        return "stale"
+    return state
+
+
+def list_subscriptions(
+    engine: Engine, tenant: str | None = None, state: str | None = None, now: datetime | None = None
+) -> list[Subscription]:
+    """Subscriptions with their shown state, the stale and troubled ones first, then by last seen."""
+    now = now or datetime.now(UTC)
+    waiting = (
+        select(chain_links.c.tenant, chain_links.c.subscription_id, func.count().label("waiting"))
+        .where(chain_links.c.waiting_since.is_not(None))
+        .group_by(chain_links.c.tenant, chain_links.c.subscription_id)
+        .subquery()
+    )
+    query = select(subscriptions, func.coalesce(waiting.c.waiting, 0).label("waiting")).outerjoin(
+        waiting,
+        (waiting.c.tenant == subscriptions.c.tenant) & (waiting.c.subscription_id == subscriptions.c.subscription_id),
+    )
+    if tenant is not None:
+        query = query.where(func.lower(subscriptions.c.tenant) == tenant.lower())
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    result = [
+        Subscription(
+            tenant=r.tenant,
+            subscription_id=r.subscription_id,
+            state=shown_state(r.state, r.last_seen_at, r.heartbeat_seconds, now),
+            last_seen_at=r.last_seen_at,
+            last_watermark=r.last_watermark,
+            last_seq=r.last_seq,
+            gap_count=r.gap_count,
+            error_code=r.error_code,
+            heartbeat_seconds=r.heartbeat_seconds,
+            waiting=r.waiting,
+        )
+        for r in rows
+    ]
+    if state is not None:
+        result = [s for s in result if s.state == state]
+    order = {"stale": 0, "error": 1, "needs_resync": 2, "unsubscribed": 3, "active": 4}
+    oldest = datetime.min.replace(tzinfo=UTC)
+    result.sort(key=lambda s: (order.get(s.state, 5), s.last_seen_at or oldest, s.tenant, s.subscription_id))
+    return result
+
+
+def unsubscribe(engine: Engine, redis: Redis, subscription_ids: Iterable[str], tenant: str = "Default") -> int:
+    """From now on the ingress answers ``Unsubscribe`` for these; their rows say ``unsubscribed``.
+
+    Returns how many subscription rows changed (ids never seen get a row under ``tenant``).
+    """
+    ids = list(subscription_ids)
+    redis.sadd(UNSUBSCRIBED_KEY, *ids)
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(subscriptions).where(subscriptions.c.subscription_id.in_(ids)).values(state="unsubscribed")
+        ).rowcount
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(
+            dialect.insert(subscriptions).on_conflict_do_nothing(),
+            [
+                {"tenant": tenant, "subscription_id": s, "last_seq": 0, "state": "unsubscribed", "gap_count": 0}
+                for s in ids
+            ],
+        )
+    return int(changed)
+
+
+@dataclass(slots=True)
+class Status:
+    queue_depth: int
+    oldest_queued_seconds: float | None
+    workers: int
+    scheduled_retries: int
+    dead_letter: dict[str, int]
+    spool_backlog: int
+    subscriptions_by_state: dict[str, int]
+    gaps: int
+    waiting_links: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "queue_depth": self.queue_depth,
+            "oldest_queued_seconds": self.oldest_queued_seconds,
+            "workers": self.workers,
+            "scheduled_retries": self.scheduled_retries,
+            "dead_letter": {"total": sum(self.dead_letter.values()), "by_error_class": self.dead_letter},
+            "spool_backlog": self.spool_backlog,
+            "subscriptions": {
+                "by_state": self.subscriptions_by_state,
+                "gaps": self.gaps,
+                "waiting": self.waiting_links,
+            },
+        }
+
+
+def oldest_queued_seconds(redis: Redis, queue: Queue) -> float | None:
+    """Age of the payload at the head of the queue (the ingress's receive time), or None if empty."""
+    for job_id in queue.get_job_ids(0, 0):
+        job = Job.fetch(job_id, connection=redis)
+        payloads: list[Payload] = job.args[0] if job.args else []
+        if payloads:
+            return max(0.0, time.time() - min(p["received_at"] for p in payloads))
+    return None
+
+
+def spool_backlog(directory: Path) -> int:
+    """Payloads waiting in spool files under ``directory`` (of every ingress process on this host)."""
+
+    return count_records(directory)
+
+
+def collect(engine: Engine, redis: Redis, spool_dir: Path, now: datetime | None = None) -> Status:
+    queue = Queue(QUEUE_NAME, connection=redis)
+    subs = list_subscriptions(engine, now=now)
+    by_state: dict[str, int] = {}
+    for sub in subs:
+        by_state[sub.state] = by_state.get(sub.state, 0) + 1
+    return Status(
+        queue_depth=queue.count,
+        oldest_queued_seconds=oldest_queued_seconds(redis, queue),
+        workers=len(Worker.all(queue=queue)),
+        scheduled_retries=queue.scheduled_job_registry.count,
+        dead_letter=dlq.counts_by_class(redis),
+        spool_backlog=spool_backlog(spool_dir),
+        subscriptions_by_state=by_state,
+        gaps=sum(s.gap_count for s in subs),
+        waiting_links=sum(s.waiting for s in subs),
+    )
