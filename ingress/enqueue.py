@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 def enqueue_payloads(redis: Redis, payloads: list[Payload], settings: Settings) -> Job:
     """Put ``payloads`` on the queue as one job, with their in-flight marks, in one Redis transaction."""
-    retry = Retry(max=settings.job_retries, interval=RETRY_INTERVALS) if settings.job_retries else None
+    # RQ counts intervals from the end of the list when it is longer than the retries: cut it to size
+    retries = settings.job_retries
+    retry = Retry(max=retries, interval=RETRY_INTERVALS[:retries]) if retries else None
     job = Job.create(
         STORE_JOB,
         args=(payloads,),
