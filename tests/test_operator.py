@@ -89,7 +89,7 @@ def service(
     log = tmp_path / "services.log"
     with (
         started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, log),
-        started(["worker"], env, tmp_path, log),
+        started(["worker", "--metrics-port", "0"], env, tmp_path, log),
     ):
         wait_http(f"http://127.0.0.1:{port}/healthz")
         yield env, f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc"

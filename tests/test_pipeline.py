@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -23,6 +24,16 @@ from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, make_event, make_noti
 from tests.processes import queue_drained, row_count, run, service_env, started, wait_for, wait_http
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text format → {'name{labels}': value}."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
 def seqs(engine: Engine, subscription_id: str) -> list[tuple[int | None, str]]:
     query = (
         select(notifications.c.seq, notifications.c.watermark)
@@ -37,13 +48,13 @@ def test_every_sample_through_ingress_queue_and_two_workers(
     redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     """What the README tells a new user to do: start the service, ``syncnotify send`` every sample."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = service_env(redis_server.url, database_url, tmp_path)
     url = f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc?Default"
     log = tmp_path / "services.log"
     with (
         started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, log),
-        started(["worker", "--processes", "2"], env, tmp_path, log),
+        started(["worker", "--processes", "2", "--metrics-port", str(metrics_port)], env, tmp_path, log),
     ):
         wait_http(f"http://127.0.0.1:{port}/healthz")
         files = sorted(str(p) for p in SAMPLES.glob("[01][0-9]_*.xml"))
@@ -52,6 +63,9 @@ def test_every_sample_through_ingress_queue_and_two_workers(
         assert sent.stdout.count(": 200 OK") == len(files)
         wait_for(lambda: queue_drained(redis) and row_count(engine) == 17, 60, "all rows")
         wait_for(lambda: seqs(engine, SUBSCRIPTION_A)[-1][0] == 12, 30, "the gap timeout to number sample 12")
+        # both worker processes' counters, summed on one scrape target
+        scraped = metric_values(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
+        ingress = metric_values(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
 
     assert [s for s, _ in seqs(engine, SUBSCRIPTION_A)] == list(range(1, 13))
     assert [s for s, _ in seqs(engine, SUBSCRIPTION_B)] == [1, 2, 3]
@@ -59,6 +73,15 @@ def test_every_sample_through_ingress_queue_and_two_workers(
     with engine.connect() as conn:
         state = conn.execute(select(subscriptions).where(subscriptions.c.subscription_id == SUBSCRIPTION_A)).one()
     assert (state.state, state.error_code, state.gap_count) == ("error", "ErrorReadEventsFailed", 1)
+
+    assert scraped["syncnotify_events_stored_total"] == 17  # sample 12's row too, numbered later by the sweeper
+    assert scraped["syncnotify_duplicates_dropped_total"] == 3  # 13 (one event) and 15 (two)
+    assert scraped["syncnotify_gaps_total"] == 1
+    assert scraped['syncnotify_dead_lettered_total{error_class="malformed_xml"}'] == 1
+    assert scraped["syncnotify_receipt_to_row_seconds_count"] == 17  # every stored payload
+    assert scraped["syncnotify_queue_depth"] == 0 and scraped["syncnotify_dead_letter_entries"] == 1
+    assert scraped['syncnotify_subscriptions{state="error"}'] == 1
+    assert ingress['syncnotify_ingress_requests_total{status="200"}'] == 18
 
     # the malformed seed sample was acked, and is now in the dead-letter queue with a located reason
     failed = Queue(QUEUE_NAME, connection=redis).failed_job_registry

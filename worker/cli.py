@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -74,14 +75,29 @@ def cmd_ingress(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _settings()
-    if args.processes <= 1:
+    """Start ``--processes`` worker processes and serve their summed metrics; or, as ``--child``, be one."""
+    settings = _settings()
+    if args.child:
         from worker.runner import run_worker
 
         run_worker(burst=args.burst)
         return 0
-    command = [sys.executable, "-m", "worker.cli", "worker", "--processes", "1"] + (["--burst"] if args.burst else [])
-    return _supervise([subprocess.Popen(command) for _ in range(args.processes)])
+    metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="syncnotify-metrics-"))
+    for stale in metrics_dir.glob("*.db"):  # counters of an earlier run would be summed in
+        stale.unlink()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    command = [sys.executable, "-m", "worker.cli", "worker", "--child"] + (["--burst"] if args.burst else [])
+    children = [subprocess.Popen(command, env=env) for _ in range(args.processes)]
+    if args.metrics_port:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before prometheus_client is imported
+        from shared.schema import make_engine
+        from worker import metrics
+
+        metrics.serve(args.metrics_port, args.metrics_host, _redis(settings), make_engine(settings.database))
+    if args.burst:
+        codes = [child.wait() for child in children]
+        return 0 if all(code == 0 for code in codes) else 1
+    return _supervise(children)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -103,11 +119,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     base = [sys.executable, "-m", "worker.cli"]
     ingress = base + ["ingress", "--host", args.host, "--port", str(args.port)]
-    workers = base + ["worker", "--processes", "1"]
-    services = [subprocess.Popen(ingress, env=env)] + [subprocess.Popen(workers, env=env) for _ in range(args.workers)]
+    workers = base + ["worker", "--processes", str(args.workers), "--metrics-port", str(args.port + 2)]
+    admin = base + ["admin", "--host", "127.0.0.1", "--port", str(args.port + 1)]
+    services = [subprocess.Popen(command, env=env) for command in (ingress, workers, admin)]
     print(
         f"syncnotify is up: POST notifications to http://{args.host}:{args.port}/Webservices/SyncNotification.svc "
-        f"({args.workers} workers); Ctrl-C stops it",
+        f"({args.workers} workers); status page http://127.0.0.1:{args.port + 1}/, worker metrics "
+        f"http://127.0.0.1:{args.port + 2}/metrics; Ctrl-C stops it",
         flush=True,
     )
     # The embedded Redis stops last, after everything that writes to it.
@@ -443,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = command("worker", cmd_worker, "workers alone")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
     worker.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument(
+        "--metrics-port", type=int, default=9101, help="serve all processes' metrics here (default 9101; 0: off)"
+    )
+    worker.add_argument("--metrics-host", default="0.0.0.0", help="address for the metrics (default 0.0.0.0)")
+    worker.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
     db = command("db", lambda _args: 2, "database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.queues import QUEUE_NAME, inflight_key
 from shared.settings import get_settings
+from worker import metrics
 from worker.jobs import engine
 from worker.store import InFlight, SubscriptionKey, sweep
 
@@ -35,6 +36,7 @@ def sweep_once(redis: Redis) -> None:
     try:
         result = sweep(engine(), get_settings().gap_timeout_seconds, lambda keys: in_flight_of(redis, keys))
         if result.gaps:
+            metrics.GAPS.inc(result.gaps)
             logger.warning("sweeper recorded %d gaps", result.gaps)
     except (SQLAlchemyError, RedisError) as exc:
         logger.warning("sweeper could not run: %s", exc)
