@@ -7,6 +7,10 @@ WORKERS ?= 2
 
 .PHONY: run test test-quick lint bench clean
 
+# tests/test_admin.py renders the admin page in Debian's headless chromium (CI fails, not skips, without it).
+# Installed once when missing (we run as root on Debian); quiet, and a no-op when it is already there.
+CHROMIUM := /usr/bin/chromium
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -24,12 +28,21 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint | $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+$(CHROMIUM):
+	@echo "installing chromium (apt-get) for tests/test_admin.py"
+	@log=$$(mktemp) && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium fonts-liberation; } >$$log 2>&1 || { cat $$log; rm -f $$log; exit 1; }; rm -f $$log
 
 # While iterating: skip the long soak and fault runs (CI runs them).
 test-quick: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# Performance figures next to their baselines (bench/RESULTS.md); BENCH_ARGS=--quick for a smaller run.
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -87,6 +87,7 @@ notifications = Table(
     Column("stored_at", UTCDateTime, nullable=False),
     UniqueConstraint("tenant", "subscription_id", "watermark"),
     Index(None, "tenant", "subscription_id", "seq"),
+    Index(None, "stored_at"),
 )
 
 subscriptions = Table(

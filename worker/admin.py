@@ -138,9 +138,9 @@ def snapshot(
 ) -> Snapshot:
     """Read everything the page shows; raises ``RedisError``, ``SQLAlchemyError`` or ``OSError`` unchanged."""
     now = now or datetime.now(UTC)
-    status = collect(engine, redis, spool_dir, now=now)
-    status.subscriptions_by_state = _ordered_states(status.subscriptions_by_state)
     subs = list_subscriptions(engine, now=now)
+    status = collect(engine, redis, spool_dir, now=now, subs=subs)
+    status.subscriptions_by_state = _ordered_states(status.subscriptions_by_state)
     return Snapshot(now, status, rows_per_minute(engine, now), by_tenant(subs, limit))
 
 

@@ -19,6 +19,7 @@ from rq import Callback, Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
+from rq.serializers import resolve_serializer
 
 from shared.queues import FAILURE_CALLBACK, JOB_TIMEOUT_SECONDS, QUEUE_NAME, STORE_JOB, inflight_key
 from shared.types import Payload
@@ -287,9 +288,21 @@ def purge(redis: Redis, jobs: Iterator[Job], dry_run: bool = False) -> Outcome:
 
 
 def counts_by_class(redis: Redis) -> dict[str, int]:
+    """Entries by error class, reading only each job's meta (not its payload); changes nothing."""
+    reg = registry(redis)
+    serializer = resolve_serializer()
     counts: dict[str, int] = {}
-    for entry in entries(redis):
-        counts[entry.error_class] = counts.get(entry.error_class, 0) + 1
+    start = 0
+    while page := reg.get_job_ids(start, start + PAGE - 1, cleanup=False):
+        with redis.pipeline(transaction=False) as pipe:
+            for job_id in page:
+                pipe.hget(Job.key_for(job_id), "meta")
+            metas = pipe.execute()
+        for raw in metas:
+            if raw is not None:
+                error_class = str(serializer.loads(raw).get("error_class", "unknown"))
+                counts[error_class] = counts.get(error_class, 0) + 1
+        start += len(page)
     return counts
 
 

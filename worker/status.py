@@ -14,6 +14,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -169,8 +170,11 @@ class Status:
 
 def oldest_queued_seconds(redis: Redis, queue: Queue) -> float | None:
     """Age of the payload at the head of the queue (the ingress's receive time), or None if empty."""
-    for job_id in queue.get_job_ids(0, 0):
-        job = Job.fetch(job_id, connection=redis)
+    for job_id in queue.get_job_ids(0, 1):
+        try:
+            job = Job.fetch(job_id, connection=redis)
+        except NoSuchJobError:  # taken and finished between the two reads: the queue moved on
+            return oldest_queued_seconds(redis, queue)
         payloads: list[Payload] = job.args[0] if job.args else []
         if payloads:
             return max(0.0, time.time() - min(p["received_at"] for p in payloads))
@@ -183,9 +187,13 @@ def spool_backlog(directory: Path) -> int:
     return count_records(directory)
 
 
-def collect(engine: Engine, redis: Redis, spool_dir: Path, now: datetime | None = None) -> Status:
+def collect(
+    engine: Engine, redis: Redis, spool_dir: Path, now: datetime | None = None, subs: list[Subscription] | None = None
+) -> Status:
+    """The operator's overview; pass ``subs`` (from ``list_subscriptions``) when you have them already."""
     queue = Queue(QUEUE_NAME, connection=redis)
-    subs = list_subscriptions(engine, now=now)
+    if subs is None:
+        subs = list_subscriptions(engine, now=now)
     by_state: dict[str, int] = {}
     for sub in subs:
         by_state[sub.state] = by_state.get(sub.state, 0) + 1
