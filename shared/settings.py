@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=200, gt=0, le=10_000)
     #: Attempts of a job that meets a transient failure (database or Redis away) before it is dead-lettered.
     job_retries: int = Field(default=8, ge=0, le=100)
+    #: A job whose worker died (killed, machine lost) runs again after at most about this many seconds.
+    abandoned_after_seconds: int = Field(default=40, ge=5, le=3600)
     #: ``text`` for people, ``json`` for log collectors (one object a line).
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         stale.unlink()
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     command = [sys.executable, "-m", "worker.cli", "worker", "--child"] + (["--burst"] if args.burst else [])
-    children = [subprocess.Popen(command, env=env) for _ in range(args.processes)]
+    children = [Child(command, env) for _ in range(args.processes)]
     if args.metrics_port:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before prometheus_client is imported
         from shared.schema import make_engine
@@ -95,7 +96,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         metrics.serve(args.metrics_port, args.metrics_host, _redis(settings), make_engine(settings.database))
     if args.burst:
-        codes = [child.wait() for child in children]
+        codes = [child.process.wait() for child in children]
         return 0 if all(code == 0 for code in codes) else 1
     return _supervise(children)
 
@@ -104,24 +105,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     from shared.redis_server import reachable, start_redis
 
     settings = _settings()
-    children: list[subprocess.Popen[bytes]] = []
+    embedded: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
     if args.embedded_redis or not reachable(settings.redis):
         if "SYNCNOTIFY_REDIS_URL" in os.environ and not args.embedded_redis:
             raise SyncNotifyError(f"Redis at {redact_url(settings.redis)} is not reachable")
         redis_process, url = start_redis(Path(".syncnotify") / "redis")
-        children.append(redis_process)
+        embedded.append(redis_process)
         env["SYNCNOTIFY_REDIS_URL"] = url
         print(f"started an embedded redis-server at {url} (append-only file in .syncnotify/redis)", flush=True)
     migrate = subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=env)
     if migrate.returncode != 0:
-        _stop(children)
+        _stop(embedded)
         return 1
     base = [sys.executable, "-m", "worker.cli"]
     ingress = base + ["ingress", "--host", args.host, "--port", str(args.port)]
     workers = base + ["worker", "--processes", str(args.workers), "--metrics-port", str(args.port + 2)]
     admin = base + ["admin", "--host", "127.0.0.1", "--port", str(args.port + 1)]
-    services = [subprocess.Popen(command, env=env) for command in (ingress, workers, admin)]
+    services = [Child(command, env) for command in (ingress, workers, admin)]
     print(
         f"syncnotify is up: POST notifications to http://{args.host}:{args.port}/Webservices/SyncNotification.svc "
         f"({args.workers} workers); status page http://127.0.0.1:{args.port + 1}/, worker metrics "
@@ -129,11 +130,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         flush=True,
     )
     # The embedded Redis stops last, after everything that writes to it.
-    return _supervise(services, after=children)
+    return _supervise(services, after=embedded)
 
 
-def _supervise(processes: list[subprocess.Popen[bytes]], after: Sequence[subprocess.Popen[bytes]] = ()) -> int:
-    """Wait until a child exits or we are told to stop; then stop all of them cleanly."""
+#: A child that dies is started again after this pause (crash loops are slowed, not stopped).
+RESTART_DELAY_SECONDS = 1.0
+
+
+@dataclass
+class Child:
+    """A process ``up`` or ``worker`` keeps running: started again with the same command if it dies."""
+
+    command: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, env=self.env)
+
+
+def _supervise(children: list[Child], after: Sequence[subprocess.Popen[bytes]] = ()) -> int:
+    """Keep the children running (one that dies is started again) until told to stop; then stop them all."""
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -142,17 +162,17 @@ def _supervise(processes: list[subprocess.Popen[bytes]], after: Sequence[subproc
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    status = 0
     while not stopping:
-        for process in processes:
-            if process.poll() is not None:
-                print(f"process {process.args!r} exited with {process.returncode}", file=sys.stderr)
-                status = 1
-                stopping = True
+        for child in children:
+            if child.process.poll() is not None and not stopping:
+                code = child.process.returncode
+                print(f"{' '.join(child.command[2:])} exited with {code}; starting it again", file=sys.stderr)
+                time.sleep(RESTART_DELAY_SECONDS)
+                child.start()
         time.sleep(0.2)
-    _stop(processes)
+    _stop([child.process for child in children])
     _stop(list(after))
-    return status
+    return 0
 
 
 def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.exceptions import AbandonedJobError
 from rq.job import Job, get_current_job
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -215,6 +216,9 @@ def on_failure(
         error_class = exc.error_class
     elif isinstance(exc, TransientError):
         error_class = "transient"
+    elif isinstance(exc, AbandonedJobError):  # its worker died again and again (see worker.runner)
+        job.retries_left = 0
+        error_class = "abandoned"
     else:
         error_class = exc_type.__name__
     job.meta.update(error_class=error_class, error=str(exc), attempts=int(job.meta.get("attempts", 0)) + 1)
