@@ -24,6 +24,9 @@ JOB_TIMEOUT_SECONDS = 300
 #: Backoff between attempts of a job that met a transient failure, in seconds; the last value repeats.
 RETRY_INTERVALS = [1, 2, 5, 10, 30, 60, 120, 300]
 
+#: A job whose worker dies mid-job is run again, at most this many times; then it is dead-lettered (``abandoned``).
+MAX_ABANDONS = 5
+
 #: In-flight payloads of one subscription live at most this long in Redis (refreshed on every post).
 INFLIGHT_TTL_SECONDS = 7 * 24 * 3600
 

@@ -175,3 +175,22 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[py
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()
+
+
+_RELIABILITY: list[tuple[str, str, str, str]] = []
+
+
+@pytest.fixture
+def reliability() -> list[tuple[str, str, str, str]]:
+    """Fault tests append (fault, how often, load, what was lost) for the terminal summary."""
+    return _RELIABILITY
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _RELIABILITY:
+        return
+    terminalreporter.section("reliability (figures for the README's table)")
+    terminalreporter.write_line("| fault | how often | load | lost |")
+    terminalreporter.write_line("| --- | --- | --- | --- |")
+    for row in _RELIABILITY:
+        terminalreporter.write_line("| " + " | ".join(row) + " |")

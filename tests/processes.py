@@ -39,21 +39,31 @@ def run(args: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120
     return subprocess.run(SYNCNOTIFY + args, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def spawn(args: list[str], env: Mapping[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start a long-running ``syncnotify`` command, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(SYNCNOTIFY + args, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it does not stop in 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextmanager
 def started(args: list[str], env: Mapping[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A long-running ``syncnotify`` command; SIGTERM on exit, SIGKILL if it does not stop in 30 s."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(SYNCNOTIFY + args, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    """A long-running ``syncnotify`` command, stopped on exit."""
+    process = spawn(args, env, cwd, log)
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
@@ -76,9 +86,27 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 def queue_drained(redis: Redis) -> bool:
     queue = Queue(QUEUE_NAME, connection=redis)
-    return queue.count == 0 and queue.started_job_registry.count == 0 and queue.scheduled_job_registry.count == 0
+    # cleanup=False: a test must not do the registry maintenance the workers are being tested on
+    return (
+        queue.count == 0
+        and queue.started_job_registry.get_job_count(cleanup=False) == 0
+        and queue.scheduled_job_registry.get_job_count(cleanup=False) == 0
+    )
 
 
 def row_count(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(notifications)).scalar_one())
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child process ids of ``pid`` (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def started_jobs(redis: Redis) -> int:
+    return int(Queue(QUEUE_NAME, connection=redis).started_job_registry.get_job_count(cleanup=False))

@@ -19,12 +19,14 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import AbandonedJobError
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, get_current_job
+from rq.utils import current_timestamp
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from shared.errors import PermanentError, SyncNotifyError, TransientError
-from shared.queues import inflight_key
+from shared.queues import MAX_ABANDONS, inflight_key
 from shared.schema import make_engine
 from shared.settings import get_settings, redact_url
 from shared.types import Payload
@@ -216,9 +218,14 @@ def on_failure(
         error_class = exc.error_class
     elif isinstance(exc, TransientError):
         error_class = "transient"
-    elif isinstance(exc, AbandonedJobError):  # its worker died again and again (see worker.runner)
-        job.retries_left = 0
+    elif isinstance(exc, AbandonedJobError):
+        # Its worker died mid-job (RQ's registry cleanup found it).  Run it again without spending a
+        # retry -- unless it keeps killing its workers (see worker.runner.MAX_ABANDONS).
         error_class = "abandoned"
+        abandons = int(job.meta.get("abandoned", 0)) + 1
+        job.meta["abandoned"] = abandons
+        job.retries_left = 0 if abandons > MAX_ABANDONS else (job.retries_left or 0) + 1
+        drop_dead_executions(job)
     else:
         error_class = exc_type.__name__
     job.meta.update(error_class=error_class, error=str(exc), attempts=int(job.meta.get("attempts", 0)) + 1)
@@ -226,3 +233,26 @@ def on_failure(
     if not job.should_retry:
         metrics.DEAD_LETTERED.labels(error_class).inc()
         metrics.PAYLOADS.labels("dead_lettered").inc(len(job.args[0]) if job.args else 1)
+
+
+def drop_dead_executions(job: Job) -> None:
+    """Forget the executions of ``job`` whose worker died (no live entry in the started registry).
+
+    RQ looks each execution up when the job next finishes, and fails the job if one has expired meanwhile,
+    which the re-run of an abandoned job would otherwise meet.
+    """
+    connection = job.connection
+    registry = ExecutionRegistry(job_id=job.id, connection=connection)
+    started = job.started_job_registry.key
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in connection.zrange(registry.key, 0, -1)]
+    with connection.pipeline() as pipe:
+        for execution_id in ids:
+            pipe.zscore(started, f"{job.id}:{execution_id}")
+        scores = pipe.execute()
+    dead = [i for i, score in zip(ids, scores, strict=True) if score is None or score <= current_timestamp()]
+    if dead:
+        with connection.pipeline() as pipe:
+            pipe.zrem(registry.key, *dead)
+            for execution_id in dead:
+                pipe.delete(Execution(execution_id, job.id, connection).key)
+            pipe.execute()

@@ -53,7 +53,9 @@ class QueueCollector:
             "syncnotify_queue_oldest_seconds", "Age of the oldest queued payload", value=oldest or 0.0
         )
         yield GaugeMetricFamily(
-            "syncnotify_dead_letter_entries", "Payloads in the dead-letter queue", value=queue.failed_job_registry.count
+            "syncnotify_dead_letter_entries",
+            "Payloads in the dead-letter queue",
+            value=queue.failed_job_registry.get_job_count(cleanup=False),
         )
         yield GaugeMetricFamily("syncnotify_workers", "Workers alive", value=len(Worker.all(queue=queue)))
         by_state = GaugeMetricFamily("syncnotify_subscriptions", "Subscriptions by shown state", labels=["state"])

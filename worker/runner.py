@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,13 +14,13 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.utils import current_timestamp
+from rq.utils import current_timestamp, now
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.queues import QUEUE_NAME, inflight_key
+from shared.queues import KEY_PREFIX, MAX_ABANDONS, QUEUE_NAME, inflight_key
 from shared.settings import get_settings
 from worker import metrics
-from worker.jobs import engine
+from worker.jobs import drop_dead_executions, engine
 from worker.store import InFlight, SubscriptionKey, sweep
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class Sweeper(threading.Thread):
             sweep_once(self.redis)
 
 
-#: A job killed with its worker is re-run at most this many times; then it is dead-lettered as ``abandoned``.
-MAX_ABANDONS = 5
+#: Only one worker at a time looks for abandoned jobs (the lock lasts one maintenance interval).
+REAPER_LOCK_KEY = KEY_PREFIX + "reaper-lock"
+#: RQ's own registry maintenance runs this often, as RQ does by default.
+RQ_MAINTENANCE_SECONDS = 600
 
 
 class SyncWorker(SimpleWorker):
@@ -82,6 +85,7 @@ class SyncWorker(SimpleWorker):
         kwargs["maintenance_interval"] = max(1, abandon_after // 4)
         super().__init__(*args, **kwargs)
         self.abandon_after = abandon_after
+        self._rq_cleaned_at = -float(RQ_MAINTENANCE_SECONDS)
         # the idle loop wakes every worker_ttl - 15 s to heartbeat and run maintenance when due
         self.worker_ttl = max(16, abandon_after // 4 + 15)
 
@@ -109,13 +113,16 @@ class SyncWorker(SimpleWorker):
             beat.join()
 
     def clean_registries(self) -> None:
+        """Requeue abandoned jobs every ``abandon_after / 4`` s; RQ's own cleaning at its usual pace."""
         for queue in self.queues:
-            if queue.acquire_maintenance_lock():
-                try:
-                    requeue_abandoned(queue)
-                finally:
-                    queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
-        super().clean_registries()  # type: ignore[no-untyped-call]
+            # our own short lock: RQ's lasts 15 minutes, and a worker killed while holding it would
+            # stop every worker's maintenance for that long
+            if queue.connection.set(REAPER_LOCK_KEY, self.name, nx=True, ex=max(1, self.abandon_after // 4)):
+                requeue_abandoned(queue)
+        if time.monotonic() - self._rq_cleaned_at > RQ_MAINTENANCE_SECONDS:
+            self._rq_cleaned_at = time.monotonic()
+            super().clean_registries()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = now()  # type: ignore[assignment]
 
 
 def requeue_abandoned(queue: Queue) -> list[str]:
@@ -143,6 +150,7 @@ def requeue_abandoned(queue: Queue) -> list[str]:
             pipe.zrem(registry.key, entry)
             queue._enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
+        drop_dead_executions(job)
         logger.warning("job %s was abandoned by a dead worker; running it again (%d)", job.id, abandons)
         requeued.append(job.id)
     return requeued

@@ -201,7 +201,7 @@ def collect(
         queue_depth=queue.count,
         oldest_queued_seconds=oldest_queued_seconds(redis, queue),
         workers=len(Worker.all(queue=queue)),
-        scheduled_retries=queue.scheduled_job_registry.count,
+        scheduled_retries=queue.scheduled_job_registry.get_job_count(cleanup=False),
         dead_letter=dlq.counts_by_class(redis),
         spool_backlog=spool_backlog(spool_dir),
         subscriptions_by_state=by_state,
