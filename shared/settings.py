@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     gap_timeout_seconds: float = Field(default=60.0, gt=0)
     #: How long dead-lettered payloads are kept.
     dlq_retention_days: int = Field(default=30, gt=0)
+    #: A client must deliver a whole request within this many seconds of connecting (slow-loris defence).
+    request_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     #: Most payloads the ingress gathers into one queue job (posts arriving together share one Redis write).
     batch_max: int = Field(default=200, gt=0, le=10_000)
     #: Attempts of a job that meets a transient failure (database or Redis away) before it is dead-lettered.

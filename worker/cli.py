@@ -52,26 +52,10 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_ingress(args: argparse.Namespace) -> int:
-    import uvicorn
+    from ingress.server import serve
 
     settings = _settings()
-    uvicorn.run(
-        "ingress.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.processes,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # keep the logging configured above (text or JSON) for uvicorn's messages too
-        access_log=False,
-        # Exchange keeps connections open between notifications; idle ones are closed after this.
-        timeout_keep_alive=30,
-        # Beyond this many open connections new ones get 503 instead of starving the ones in progress.
-        limit_concurrency=4096,
-        backlog=2048,
-        timeout_graceful_shutdown=10,
-        server_header=False,
-    )
+    serve(args.host, args.port, args.processes, settings.log_level.lower())
     return 0
 
 
