@@ -194,14 +194,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
+    def admin(request: Request) -> bool:
+        """Whether the client may see the admin side (metrics, readiness detail)."""
+        return _in(client_address(request, settings), settings.admin_networks)
+
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         detail = request.app.state.enqueuer.ready()
         ready = detail["redis"] == "ok" or detail["spool"]["writable"]
-        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+        body = {"ready": ready, **detail} if admin(request) else {"ready": ready}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
+        if not admin(request):
+            return PlainTextResponse("metrics are served to SYNCNOTIFY_ADMIN_NETWORKS only", status_code=403)
         metrics.SPOOL_BACKLOG.set(request.app.state.enqueuer.spool.backlog)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     allowed_networks: Annotated[list[IPNetwork], NoDecode] = []
     #: Proxies whose ``X-Forwarded-For`` is believed.
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = []
+    #: Networks that may read the ingress's ``/metrics`` and detailed ``/readyz`` (Prometheus, load balancers'
+    #: health checks); from elsewhere ``/metrics`` is refused and ``/readyz`` says only whether it is ready.
+    admin_networks: Annotated[list[IPNetwork], NoDecode] = [
+        ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    ]
     #: Largest body accepted, after gzip decoding too.
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     #: Local journal used while Redis cannot take a payload.
@@ -61,12 +66,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("tenants", "allowed_networks", "trusted_proxies", mode="before")
+    @field_validator("tenants", "allowed_networks", "trusted_proxies", "admin_networks", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _comma_list(value)
 
-    @field_validator("allowed_networks", "trusted_proxies", mode="before")
+    @field_validator("allowed_networks", "trusted_proxies", "admin_networks", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
         if isinstance(value, list):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import ipaddress
 import resource
 import time
 import warnings
@@ -103,6 +104,7 @@ def make_settings(settings_env: pytest.MonkeyPatch, redis_server: RedisServer, t
             "redis_url": redis_server.url,
             "spool_dir": tmp_path / "spool",
             "tenants": ["Default"],
+            "admin_networks": [ipaddress.ip_network(f"{PEER_IP}/32")],  # the tests' peer may read /metrics
         }
         values.update(overrides)
         return Settings(**values)
@@ -907,3 +909,24 @@ def test_group_commit_respects_batch_max(make_settings: SettingsFactory, redis: 
     payloads = queued_payloads(redis)
     assert sorted(p["body"] for p in payloads) == sorted(bodies)
     assert [p["received_at"] for p in payloads] == sorted(p["received_at"] for p in payloads)
+
+
+def test_metrics_and_readiness_detail_only_for_admin_networks(make_settings: SettingsFactory) -> None:
+    settings = make_settings(admin_networks=[ipaddress.ip_network("10.0.0.0/8")])
+    with running(settings) as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 403 and "SYNCNOTIFY_ADMIN_NETWORKS" in refused.text
+        assert client.get("/readyz").json() == {"ready": True}  # no detail for the internet
+        assert client.get("/healthz").status_code == 200
+    with running(settings, client=("10.1.2.3", 40000)) as admin:
+        assert admin.get("/metrics").status_code == 200
+        assert admin.get("/readyz").json()["redis"] == "ok"
+
+
+def test_admin_networks_default_is_local_and_private_only(settings_env: pytest.MonkeyPatch) -> None:
+    from shared.settings import load_settings
+
+    networks = load_settings().admin_networks
+    assert any(ipaddress.ip_address("127.0.0.1") in n for n in networks)
+    assert any(ipaddress.ip_address("172.18.0.5") in n for n in networks)  # a Docker network's Prometheus
+    assert not any(ipaddress.ip_address("52.96.0.1") in n for n in networks)  # an Exchange Online address
