@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 from sqlalchemy import select
 
 from shared.redis_server import reachable, start_redis
 from shared.schema import make_engine, notifications
-from tests.conftest import SAMPLES, free_port
+from tests.conftest import SAMPLES, RedisServer, free_port
 from tests.processes import SYNCNOTIFY, run, service_env, wait_for, wait_http
 
 
@@ -106,3 +108,38 @@ def test_help_lists_every_command() -> None:
     for command in ("up", "ingress", "worker", "db", "send"):
         assert command in result.stdout
     assert sys.executable
+
+
+def test_json_logs_carry_job_and_payload_fields_and_never_the_payload(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    from ingress.enqueue import enqueue_payloads
+    from shared.settings import Settings
+    from shared.types import Payload
+    from tests.processes import service_env
+
+    database = f"sqlite:///{tmp_path / 'logs.db'}"
+    run(["db", "upgrade"], service_env(redis_server.url, database, tmp_path), tmp_path)
+    marker = "SECRET-ROOM-CONTENT-1234"
+    good = (SAMPLES / "02_created_event_item.xml").read_bytes().replace(b"EXAMPLEITEM", marker.encode(), 1)
+    bad = b"<broken>" + marker.encode()
+    settings = Settings(redis_url=redis_server.url, database_url=database)
+    for n, body in enumerate((good, bad)):
+        payload = Payload(
+            id=f"p{n}",
+            tenant="Default",
+            received_at=1.7e9 + n,
+            source="127.0.0.1",
+            subscription_ids=["RVhBTVBM"],
+            body=body,
+        )
+        enqueue_payloads(redis, [payload], settings)
+    env = service_env(redis_server.url, database, tmp_path, SYNCNOTIFY_LOG_FORMAT="json")
+    result = run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]  # every line is JSON
+    stored = next(entry for entry in lines if entry["message"].startswith("stored 2 rows"))
+    assert stored["level"] == "INFO" and stored["job_id"]
+    failed = next(entry for entry in lines if "fails permanently" in entry["message"])
+    assert failed["tenant"] == "Default" and failed["payload_id"] == "p1" and failed["job_id"]
+    assert marker not in "\n".join(e["message"] for e in lines if e["level"] == "INFO")

@@ -166,7 +166,9 @@ def run_worker(burst: bool = False) -> None:
     queue = Queue(QUEUE_NAME, connection=redis)
     worker = SyncWorker([queue], connection=redis, abandon_after=settings.abandoned_after_seconds)
     try:
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        # RQ logs three lines a job at INFO; ours says what was stored, so RQ speaks from WARNING up
+        rq_level = "WARNING" if settings.log_level == "INFO" else settings.log_level
+        worker.work(burst=burst, with_scheduler=True, logging_level=rq_level)
     finally:
         sweeper.stopped.set()
         if burst:
