@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, select, tuple_, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -74,7 +74,7 @@ class StoreResult:
 
 @dataclass(slots=True)
 class _Chain:
-    """A subscription's row, locked for the length of the transaction."""
+    """A subscription's row, locked for the length of the transaction and written back whole."""
 
     tenant: str
     subscription_id: str
@@ -82,12 +82,26 @@ class _Chain:
     last_seq: int
     last_seen_at: datetime | None
     heartbeat_seconds: float | None
-    gaps: int = 0
-    changed: dict[str, Any] = field(default_factory=dict)
+    state: str
+    error_code: str | None
+    gap_count: int
+    server_version: str | None
 
     @property
     def key(self) -> SubscriptionKey:
         return (self.tenant, self.subscription_id)
+
+
+@dataclass(slots=True)
+class _New:
+    """A notification of this batch on its way to becoming a link."""
+
+    key: SubscriptionKey
+    delivery: Delivery
+    previous: str
+    last: str
+    rows: list[dict[str, Any]]
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,25 +145,26 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | 
 
     result = StoreResult(subscriptions=set(seen))
     batch_payloads = {d.payload_id for d in deliveries}
+    keys = sorted(seen)
     with engine.begin() as conn:
-        chains = _lock(conn, sorted(seen))
-        for key in sorted(seen):
+        chains = _lock(conn, keys)
+        _add_batch(conn, chains, [(key, d, n) for key in keys for d, _, n in by_key.get(key, [])], now, result)
+        for key in _keys_waiting(conn, keys):
+            _advance(conn, chains[key], now, result, (in_flight or {}).get(key, ()), batch_payloads)
+        for key in keys:
             chain = chains[key]
-            for delivery, _position, notification in by_key.get(key, []):
-                _add_notification(conn, chain, delivery, notification, now, result)
-            _advance(conn, chain, now, result, (in_flight or {}).get(key, ()), batch_payloads)
             _seen(chain, seen[key])
             if key in versions:
-                chain.changed["server_version"] = versions[key]
+                chain.server_version = versions[key]
             if key in errors:
-                chain.changed.update(state="error", error_code=errors[key])
+                chain.state, chain.error_code = "error", errors[key]
                 result.errors += 1
                 logger.warning(
                     "subscription reported error %s",
                     errors[key],
                     extra={"tenant": key[0], "subscription": key[1]},
                 )
-            _save(conn, chain)
+        _save(conn, list(chains.values()))
     return result
 
 
@@ -168,8 +183,8 @@ def _seen(chain: _Chain, at: datetime) -> None:
     if chain.last_seen_at is not None:
         interval = (at - chain.last_seen_at).total_seconds()
         previous = chain.heartbeat_seconds or interval
-        chain.changed["heartbeat_seconds"] = max(interval, previous * HEARTBEAT_DECAY)
-    chain.changed["last_seen_at"] = at
+        chain.heartbeat_seconds = max(interval, previous * HEARTBEAT_DECAY)
+    chain.last_seen_at = at
 
 
 def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[SubscriptionKey, _Chain]:
@@ -189,7 +204,16 @@ def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[Subscriptio
         query = query.with_for_update()
     return {
         (row.tenant, row.subscription_id): _Chain(
-            row.tenant, row.subscription_id, row.last_watermark, row.last_seq, row.last_seen_at, row.heartbeat_seconds
+            tenant=row.tenant,
+            subscription_id=row.subscription_id,
+            tail=row.last_watermark,
+            last_seq=row.last_seq,
+            last_seen_at=row.last_seen_at,
+            heartbeat_seconds=row.heartbeat_seconds,
+            state=row.state,
+            error_code=row.error_code,
+            gap_count=row.gap_count,
+            server_version=row.server_version,
         )
         for row in conn.execute(query)
     }
@@ -229,54 +253,118 @@ def _row(delivery: Delivery, subscription_id: str, event: Event, previous: str |
     }
 
 
-def _add_notification(
+def _add_batch(
     conn: Connection,
-    chain: _Chain,
-    delivery: Delivery,
-    notification: Notification,
+    chains: dict[SubscriptionKey, _Chain],
+    items: Sequence[tuple[SubscriptionKey, Delivery, Notification]],
     now: datetime,
     result: StoreResult,
 ) -> None:
-    watermarks = [e.watermark for e in notification.events if e.watermark is not None]
-    if not watermarks:  # a StatusEvent without a Watermark (schema-legal): only "last seen" moves
+    """Insert the batch's links and rows in a few statements; number the rows of links that fit the tail.
+
+    ``items`` are in arrival order per subscription.  Links that do not fit are left waiting for ``_advance``.
+    """
+    news: list[_New] = []
+    for key, delivery, notification in items:
+        watermarks = [e.watermark for e in notification.events if e.watermark is not None]
+        if watermarks:  # a StatusEvent without a Watermark (schema-legal) only moves "last seen"
+            rows = _rows(delivery, notification, now)
+            news.append(_New(key, delivery, notification.previous_watermark or "", watermarks[-1], rows))
+    if not news:
         return
-    rows = _rows(delivery, notification, now)
-    previous = notification.previous_watermark or ""
-    linkable = chain.tail is not None and previous in (chain.tail, "")
     inserted = conn.execute(
-        _insert(conn, chain_links).returning(chain_links.c.id),
-        {
-            "tenant": chain.tenant,
-            "subscription_id": chain.subscription_id,
-            "previous_watermark": previous,
-            "last_watermark": watermarks[-1],
-            "row_watermarks": " ".join(r["watermark"] for r in rows),
-            "payload_id": delivery.payload_id,
-            "received_at": delivery.received_at,
-            "waiting_since": None if linkable else now,
-        },
-    ).first()
-    if inserted is None:  # the same notification was stored before: a retry, a replay, or a second worker
-        result.duplicates += len(rows)
-        return
-    if not rows:
-        if linkable:
-            chain.tail = watermarks[-1]
-        return
-    if linkable:
-        for offset, row in enumerate(rows, start=1):
-            row["seq"] = chain.last_seq + offset
-    stored = {
-        r.watermark for r in conn.execute(_insert(conn, notifications).returning(notifications.c.watermark), rows)
+        _insert(conn, chain_links).returning(
+            chain_links.c.id,
+            chain_links.c.tenant,
+            chain_links.c.subscription_id,
+            chain_links.c.last_watermark,
+            chain_links.c.previous_watermark,
+        ),
+        [
+            {
+                "tenant": new.key[0],
+                "subscription_id": new.key[1],
+                "previous_watermark": new.previous,
+                "last_watermark": new.last,
+                "row_watermarks": " ".join(r["watermark"] for r in new.rows),
+                "payload_id": new.delivery.payload_id,
+                "received_at": new.delivery.received_at,
+                "waiting_since": now,
+            }
+            for new in news
+        ],
+    ).all()
+    ids: dict[tuple[str, str, str, str], int] = {
+        (r.tenant, r.subscription_id, r.last_watermark, r.previous_watermark): r.id for r in inserted
     }
-    result.duplicates += len(rows) - len(stored)
+    base = {key: chain.last_seq for key, chain in chains.items()}
+    linked: list[_New] = []
+    fresh: list[_New] = []
+    for new in news:
+        new.id = ids.pop((*new.key, new.last, new.previous), None)
+        if new.id is None:  # stored before (a retry, a replay, a second worker) or twice in this batch
+            result.duplicates += len(new.rows)
+            continue
+        fresh.append(new)
+        chain = chains[new.key]
+        if chain.tail is not None and new.previous in (chain.tail, ""):
+            for offset, row in enumerate(new.rows, start=1):
+                row["seq"] = chain.last_seq + offset
+            chain.last_seq += len(new.rows)
+            chain.tail = new.last
+            linked.append(new)
+    rows = [row for new in fresh for row in new.rows]
+    stored: set[tuple[str, str, str]] = set()
+    if rows:
+        returned = conn.execute(
+            _insert(conn, notifications).returning(
+                notifications.c.tenant, notifications.c.subscription_id, notifications.c.watermark
+            ),
+            rows,
+        )
+        stored = {(r.tenant, r.subscription_id, r.watermark) for r in returned}
     result.rows += len(stored)
-    if linkable:
-        if len(stored) < len(rows):  # some events were stored under another notification: close the holes
-            _number(conn, chain, [r["watermark"] for r in rows if r["watermark"] in stored], renumber=True)
-        else:
-            chain.last_seq += len(rows)
-        chain.tail = watermarks[-1]
+    result.duplicates += len(rows) - len(stored)
+    if len(stored) < len(rows):  # some events were stored under another notification: close the holes
+        _renumber(conn, chains, base, linked, stored)
+    for start in range(0, len(linked), 500):
+        conn.execute(
+            update(chain_links)
+            .where(chain_links.c.id.in_([new.id for new in linked[start : start + 500]]))
+            .values(waiting_since=None)
+        )
+
+
+def _renumber(
+    conn: Connection,
+    chains: dict[SubscriptionKey, _Chain],
+    base: dict[SubscriptionKey, int],
+    linked: Sequence[_New],
+    stored: set[tuple[str, str, str]],
+) -> None:
+    """Give the rows this batch linked contiguous numbers again, leaving out events stored elsewhere before."""
+    by_key: dict[SubscriptionKey, list[str]] = defaultdict(list)
+    for new in linked:
+        by_key[new.key] += [r["watermark"] for r in new.rows if (*new.key, r["watermark"]) in stored]
+    for key, watermarks in by_key.items():
+        chain = chains[key]
+        chain.last_seq = base[key]
+        _number(conn, chain, watermarks, renumber=True)
+
+
+def _keys_waiting(conn: Connection, keys: Sequence[SubscriptionKey]) -> list[SubscriptionKey]:
+    """The subscriptions among ``keys`` with links still waiting for their predecessor."""
+    if not keys:
+        return []
+    query = (
+        select(chain_links.c.tenant, chain_links.c.subscription_id)
+        .where(
+            chain_links.c.waiting_since.is_not(None),
+            tuple_(chain_links.c.tenant, chain_links.c.subscription_id).in_(keys),
+        )
+        .distinct()
+    )
+    return sorted((r.tenant, r.subscription_id) for r in conn.execute(query))
 
 
 def _number(conn: Connection, chain: _Chain, watermarks: Sequence[str], renumber: bool = False) -> None:
@@ -393,9 +481,9 @@ def _advance(
 
 def _record_gap(chain: _Chain, link: _Link, result: StoreResult, detail: str) -> None:
     result.gaps += 1
-    chain.gaps += 1
-    chain.changed["gap_count"] = subscriptions.c.gap_count + chain.gaps
-    chain.changed["state"] = case((subscriptions.c.state == "active", "needs_resync"), else_=subscriptions.c.state)
+    chain.gap_count += 1
+    if chain.state == "active":  # an error, or an operator's unsubscribe, says more
+        chain.state = "needs_resync"
     logger.warning(
         "gap in the watermark chain: notification after watermark %s waited past the gap timeout (%s)",
         link.previous_watermark or "(none)",
@@ -404,12 +492,41 @@ def _record_gap(chain: _Chain, link: _Link, result: StoreResult, detail: str) ->
     )
 
 
-def _save(conn: Connection, chain: _Chain) -> None:
-    values = dict(chain.changed, last_watermark=chain.tail, last_seq=chain.last_seq)
+def _save(conn: Connection, chains: Sequence[_Chain]) -> None:
+    """Write the locked subscription rows back, in one statement."""
+    if not chains:
+        return
     conn.execute(
         update(subscriptions)
-        .where(subscriptions.c.tenant == chain.tenant, subscriptions.c.subscription_id == chain.subscription_id)
-        .values(**values)
+        .where(
+            subscriptions.c.tenant == bindparam("b_tenant"),
+            subscriptions.c.subscription_id == bindparam("b_subscription_id"),
+        )
+        .values(
+            last_watermark=bindparam("last_watermark"),
+            last_seq=bindparam("last_seq"),
+            last_seen_at=bindparam("last_seen_at", type_=subscriptions.c.last_seen_at.type),
+            heartbeat_seconds=bindparam("heartbeat_seconds"),
+            state=bindparam("state"),
+            error_code=bindparam("error_code"),
+            gap_count=bindparam("gap_count"),
+            server_version=bindparam("server_version"),
+        ),
+        [
+            {
+                "b_tenant": c.tenant,
+                "b_subscription_id": c.subscription_id,
+                "last_watermark": c.tail,
+                "last_seq": c.last_seq,
+                "last_seen_at": c.last_seen_at,
+                "heartbeat_seconds": c.heartbeat_seconds,
+                "state": c.state,
+                "error_code": c.error_code,
+                "gap_count": c.gap_count,
+                "server_version": c.server_version,
+            }
+            for c in chains
+        ],
     )
 
 
@@ -439,7 +556,7 @@ def sweep(engine: Engine, gap_timeout: float, in_flight_of: Any = None) -> Store
         with engine.begin() as conn:
             chain = _lock(conn, [key])[key]
             _advance(conn, chain, now, result, in_flight.get(key, ()), set(), force_after=force_after)
-            _save(conn, chain)
+            _save(conn, [chain])
         total.add(result)
     return total
 
