@@ -110,3 +110,8 @@ def children_of(pid: int) -> list[int]:
 
 def started_jobs(redis: Redis) -> int:
     return int(Queue(QUEUE_NAME, connection=redis).started_job_registry.get_job_count(cleanup=False))
+
+
+def db_name(database_url: str) -> str:
+    """How a figure names the database it was measured on."""
+    return "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"

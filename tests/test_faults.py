@@ -33,6 +33,7 @@ from tests.conftest import PG_ADMIN_URL, RedisServer, free_port
 from tests.payloads import make_event, make_notification, watermark
 from tests.processes import (
     children_of,
+    db_name,
     queue_drained,
     service_env,
     spawn,
@@ -141,7 +142,7 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
     assert Queue(QUEUE_NAME, connection=redis).failed_job_registry.count == 0
     reliability.append(
         (
-            "worker killed with SIGKILL at random moments",
+            f"worker killed with SIGKILL at random moments ({db_name(database_url)})",
             f"{kills} kills ({mid_job} mid-job), 2 workers",
             f"{len(payloads)} payloads in {len(payloads) // 200} jobs",
             f"{rows} rows, 0 lost, 0 duplicated",
@@ -177,7 +178,7 @@ def test_redis_killed_and_restarted_keeps_every_queued_payload(
         redis_server.stop()
     reliability.append(
         (
-            "Redis killed (SIGKILL) and restarted, appendfsync always",
+            f"Redis killed (SIGKILL) and restarted, appendfsync always ({db_name(database_url)})",
             "1 kill with a full queue",
             f"{len(bodies)} posts acked",
             f"{rows} rows, 0 lost",
@@ -247,7 +248,7 @@ def test_database_connections_cut_mid_transaction(
     kind = "connections terminated" if database_url.startswith("postgresql") else "file locked by another process"
     reliability.append(
         (
-            f"database cut mid-transaction ({kind})",
+            f"database cut mid-transaction: {kind} ({db_name(database_url)})",
             f"{cuts} cuts, {retried} job attempts failed and retried, 2 workers",
             f"{len(payloads)} payloads",
             f"{rows} rows, 0 lost, 0 duplicated, seq contiguous",
@@ -311,7 +312,7 @@ def test_ingress_killed_mid_request_loses_nothing_it_acked(
     assert len(acked) == total and 0 < acked_before_kill < total
     reliability.append(
         (
-            "ingress killed (SIGKILL) mid-request, Exchange retrying",
+            f"ingress killed (SIGKILL) mid-request, Exchange retrying ({db_name(database_url)})",
             f"1 kill after {acked_before_kill} acks",
             f"{total} notifications from 20 rooms at once",
             f"{rows} rows, 0 lost, 0 duplicated",

@@ -22,7 +22,7 @@ from shared.queues import QUEUE_NAME
 from shared.schema import notifications
 from tests.conftest import SAMPLES, RedisServer, free_port
 from tests.payloads import SUBSCRIPTION_A, make_event, make_notification, watermark
-from tests.processes import children_of, queue_drained, service_env, started, wait_for, wait_http
+from tests.processes import children_of, db_name, queue_drained, service_env, started, wait_for, wait_http
 from worker import dlq
 
 SOAP_ACTION = "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"
@@ -113,7 +113,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_hostile_corpus_gets_clear_answers_and_loses_nothing(
-    pipeline: tuple[str, int, dict[str, str]], redis: Redis, engine: Engine, reliability: list
+    pipeline: tuple[str, int, dict[str, str]], redis: Redis, engine: Engine, database_url: str, reliability: list
 ) -> None:
     url, worker_pid, _env = pipeline
     acked: dict[str, int | str] = {}
@@ -145,7 +145,7 @@ def test_hostile_corpus_gets_clear_answers_and_loses_nothing(
     refused = sum(1 for *_, e in CORPUS if isinstance(e, int))
     reliability.append(
         (
-            "hostile and malformed payloads",
+            f"hostile and malformed payloads ({db_name(database_url)})",
             f"{len(CORPUS)} kinds, once each",
             f"{refused} refused with 4xx, {len(dead)} dead-lettered with a located reason",
             f"nothing acked lost; worker peak {peak:.0f} MB",
