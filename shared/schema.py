@@ -23,7 +23,9 @@ from sqlalchemy import (
     event,
     make_url,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.dml import Insert
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -125,6 +127,12 @@ chain_links = Table(
     Index("ix_chain_links_predecessor", "tenant", "subscription_id", "previous_watermark"),
     Index(None, "waiting_since"),
 )
+
+
+def insert_new(conn: Connection, table: Table) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` for this connection's dialect: duplicates are dropped by the database."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -17,10 +17,9 @@ from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.queues import QUEUE_NAME, UNSUBSCRIBED_KEY
-from shared.schema import chain_links, subscriptions
+from shared.schema import chain_links, insert_new, subscriptions
 from shared.spool import count_records
 from shared.types import Payload
 from worker import dlq
@@ -128,9 +127,8 @@ def unsubscribe(engine: Engine, redis: Redis, subscription_ids: Iterable[str], t
         changed = conn.execute(
             update(subscriptions).where(subscriptions.c.subscription_id.in_(ids)).values(state="unsubscribed")
         ).rowcount
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         conn.execute(
-            dialect.insert(subscriptions).on_conflict_do_nothing(),
+            insert_new(conn, subscriptions),
             [
                 {"tenant": tenant, "subscription_id": s, "last_seq": 0, "state": "unsubscribed", "gap_count": 0}
                 for s in ids

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy import Connection, Engine, and_, bindparam, select, tuple_, update
 
-from shared.schema import chain_links, notifications, subscriptions
+from shared.schema import chain_links, insert_new, notifications, subscriptions
 from worker.parse import Event, Notification, ParsedPayload
 
 logger = logging.getLogger(__name__)
@@ -115,11 +113,6 @@ class _Link:
     waiting_since: datetime
 
 
-def _insert(conn: Connection, table: Table) -> Insert:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
-
-
 def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | None = None) -> StoreResult:
     """Store ``deliveries`` in one transaction; raises SQLAlchemy errors unchanged (the job classifies them)."""
     now = datetime.now(UTC)
@@ -192,7 +185,7 @@ def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[Subscriptio
     if not keys:
         return {}
     conn.execute(
-        _insert(conn, subscriptions),
+        insert_new(conn, subscriptions),
         [{"tenant": t, "subscription_id": s, "last_seq": 0, "state": "active", "gap_count": 0} for t, s in keys],
     )
     query = (
@@ -273,7 +266,7 @@ def _add_batch(
     if not news:
         return
     inserted = conn.execute(
-        _insert(conn, chain_links).returning(
+        insert_new(conn, chain_links).returning(
             chain_links.c.id,
             chain_links.c.tenant,
             chain_links.c.subscription_id,
@@ -317,7 +310,7 @@ def _add_batch(
     stored: set[tuple[str, str, str]] = set()
     if rows:
         returned = conn.execute(
-            _insert(conn, notifications).returning(
+            insert_new(conn, notifications).returning(
                 notifications.c.tenant, notifications.c.subscription_id, notifications.c.watermark
             ),
             rows,
