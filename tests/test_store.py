@@ -317,3 +317,24 @@ def test_bad_unread_count_is_a_permanent_parse_error_not_a_database_error(bad: s
     with pytest.raises(PermanentError) as info:
         parse_payload(body)
     assert info.value.error_class == "bad_value"
+
+
+def test_heartbeat_stored_after_its_successor_neither_waits_nor_sets_the_chain_back(engine: Engine) -> None:
+    """W→W heartbeat and W→X change share their predecessor; a worker may store the change first."""
+    sub = f"beat-race-{uuid.uuid4().hex}"
+    store(engine, [post(make_notification(sub, watermark(1), [make_event("Created", watermark(2))])).delivery()])
+    heartbeat = post(make_notification(sub, watermark(2), [make_event("Status", watermark(2))]))
+    change = post(make_notification(sub, watermark(2), [make_event("Modified", watermark(3))]))
+    after = post(make_notification(sub, watermark(3), [make_event("Deleted", watermark(4))]))
+    store(engine, [change.delivery()])
+    store(engine, [heartbeat.delivery()])  # late: the chain is already past W
+    store(engine, [after.delivery()])
+    time.sleep(0.05)
+    assert sweep(engine, gap_timeout=0.01).gaps == 0  # nothing waits, so nothing is forced
+    assert rows(engine, sub) == [
+        (1, "Created", watermark(2)),
+        (2, "Modified", watermark(3)),
+        (3, "Deleted", watermark(4)),
+    ]
+    state = subscription(engine, sub)
+    assert state["last_watermark"] == watermark(4) and state["gap_count"] == 0 and state["state"] == "active"

@@ -300,7 +300,9 @@ def _add_batch(
             continue
         fresh.append(new)
         chain = chains[new.key]
-        if chain.tail is not None and new.previous in (chain.tail, ""):
+        if chain.tail is not None and _standstill(new.previous, new.last, new.rows):
+            linked.append(new)  # a heartbeat that moves nothing: it may come after its successor
+        elif chain.tail is not None and new.previous in (chain.tail, ""):
             for offset, row in enumerate(new.rows, start=1):
                 row["seq"] = chain.last_seq + offset
             chain.last_seq += len(new.rows)
@@ -413,10 +415,21 @@ def _waiting(conn: Connection, chain: _Chain, previous: Iterable[str] | None = N
     ]
 
 
+def _standstill(previous: str, last: str, rows: Sequence[object]) -> bool:
+    """A StatusEvent whose Watermark is its PreviousWatermark: a link from W to W that moves the chain nowhere.
+
+    Once the chain has a tail, such a heartbeat is linked wherever it arrives: its successor (from W on) may
+    have been stored first, and the heartbeat must neither wait for a W that is already passed nor, forced
+    through after the gap timeout, set the chain back to W.
+    """
+    return previous == last and not rows
+
+
 def _link(conn: Connection, chain: _Chain, link: _Link) -> None:
     _number(conn, chain, link.row_watermarks)
     conn.execute(update(chain_links).where(chain_links.c.id == link.id).values(waiting_since=None))
-    chain.tail = link.last_watermark
+    if chain.tail is None or not _standstill(link.previous_watermark, link.last_watermark, link.row_watermarks):
+        chain.tail = link.last_watermark
 
 
 def _head_blocked(
