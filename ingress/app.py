@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import html
 import ipaddress
 import logging
@@ -152,6 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         enqueuer = Enqueuer(settings)
         app.state.enqueuer = enqueuer
         await enqueuer.start()
+        # Everything alive now (modules, app, settings) lives as long as the process: keep it out of the
+        # collector's full passes, whose pauses were the ingress's p99 tail (tens of ms every few seconds).
+        gc.freeze()
         try:
             yield
         finally:

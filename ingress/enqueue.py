@@ -51,6 +51,8 @@ def enqueue_payloads(redis: Redis, payloads: list[Payload], settings: Settings) 
         on_failure=Callback(FAILURE_CALLBACK),
         retry=retry,
         meta={"tenants": sorted({p["tenant"] for p in payloads}), "payloads": len(payloads)},
+        # RQ would otherwise render every body into the description: CPU here, kilobytes in Redis
+        description=f"store {len(payloads)} payload(s)",
     )
     queue = Queue(QUEUE_NAME, connection=redis)
     with redis.pipeline() as pipe:

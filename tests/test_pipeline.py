@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -166,3 +167,45 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = run(["worker", "--processes", "many"], {}, tmp_path)
     assert result.returncode == 2
     assert "invalid int value" in result.stderr
+
+
+def test_simulator_posts_real_chains_and_verifies_every_row(
+    redis_server: RedisServer, redis: Redis, database_url: str, tmp_path: Path
+) -> None:
+    """``syncnotify simulate`` (for operators trying a deployment) against real ingress and workers."""
+    port = free_port()
+    env = service_env(redis_server.url, database_url, tmp_path)
+    log = tmp_path / "services.log"
+    with (
+        started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, log),
+        started(["worker", "--processes", "2", "--metrics-port", "0"], env, tmp_path, log),
+    ):
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        result = run(
+            [
+                "simulate",
+                "--url",
+                f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc",
+                "--subscriptions",
+                "60",
+                "--notifications",
+                "600",
+                "--connections",
+                "8",
+                "--seed",
+                "7",
+                "--verify",
+                database_url,
+                "--json",
+                "--drain-timeout",
+                "120",
+            ],
+            env,
+            tmp_path,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    checked = report["verify"]
+    assert (checked["lost"], checked["duplicated"], checked["seq_broken"], checked["unnumbered"]) == (0, 0, 0, 0)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.simulate import add_arguments as add_simulate_arguments
 from shared.errors import SyncNotifyError
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings, redact_url
@@ -187,6 +188,12 @@ def cmd_admin(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from bench.simulate import run
+
+    return run(args)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -530,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--timeout", type=float, default=300, help="seconds to wait for the outcome (300)")
         else:
             sub.add_argument("--yes", action="store_true", help="really delete")
+
+    simulate = command("simulate", cmd_simulate, "an Exchange simulator: many rooms posting real-format chains")
+    add_simulate_arguments(simulate)
 
     send = command("send", cmd_send, "post payload files the way Exchange does")
     send.add_argument("files", nargs="+", metavar="FILE")

@@ -163,6 +163,7 @@ def dead_letter(
         origin=QUEUE_NAME,
         on_failure=Callback(FAILURE_CALLBACK),
         meta={"error_class": error_class, "error": message, "attempts": attempts},
+        description=f"dead letter of payload {payload['id']}",
         status=JobStatus.FAILED,
     )
     job.ended_at = datetime.now(UTC)
