@@ -297,3 +297,23 @@ def test_sqlite_outage_helper_really_locks(tmp_path: Path, request: pytest.Fixtu
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             conn.execute("BEGIN IMMEDIATE")
         conn.close()
+
+
+def test_dead_letters_are_kept_for_the_retention_days_not_rqs_year(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    from ingress.enqueue import enqueue_payloads
+    from shared.settings import Settings
+
+    settings = Settings(redis_url=redis_server.url, dlq_retention_days=3, database_url=f"sqlite:///{tmp_path / 'r.db'}")
+    payload = Payload(
+        id="c" * 32, tenant="Default", received_at=time.time(), source="127.0.0.1", subscription_ids=[], body=b"not xml"
+    )
+    enqueue_payloads(redis, [payload], settings)
+    env = service_env(redis_server.url, f"sqlite:///{tmp_path / 'r.db'}", tmp_path, SYNCNOTIFY_DLQ_RETENTION_DAYS="3")
+    assert run(["db", "upgrade"], env, tmp_path).returncode == 0
+    assert run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path).returncode == 0
+    (job_id,) = dlq.registry(redis).get_job_ids()
+    expires = redis.zscore(dlq.registry(redis).key, job_id)
+    assert expires is not None and abs(expires - (time.time() + 3 * 86400)) < 120
+    assert abs(redis.ttl(f"rq:job:{job_id}") - 3 * 86400) < 120
