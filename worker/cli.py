@@ -34,6 +34,10 @@ STOP_GRACE_SECONDS = 30
 SOAP_ACTION = '"http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"'
 
 
+class UsageError(SyncNotifyError):
+    """The command line asks for something that cannot be done as asked (exit status 2)."""
+
+
 def _settings() -> Settings:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -550,10 +554,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
     return parser
-
-
-class UsageError(SyncNotifyError):
-    """The command line asks for something that cannot be done as asked (exit status 2)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

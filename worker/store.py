@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,14 +60,12 @@ class StoreResult:
     duplicates: int = 0
     gaps: int = 0
     errors: int = 0
-    subscriptions: set[SubscriptionKey] = field(default_factory=set)
 
     def add(self, other: StoreResult) -> None:
         self.rows += other.rows
         self.duplicates += other.duplicates
         self.gaps += other.gaps
         self.errors += other.errors
-        self.subscriptions |= other.subscriptions
 
 
 @dataclass(slots=True)
@@ -136,7 +134,7 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | 
             errors[key] = error.response_code
             seen[key] = delivery.received_at
 
-    result = StoreResult(subscriptions=set(seen))
+    result = StoreResult()
     batch_payloads = {d.payload_id for d in deliveries}
     keys = sorted(seen)
     with engine.begin() as conn:
@@ -558,7 +556,7 @@ def sweep(engine: Engine, gap_timeout: float, in_flight_of: Any = None) -> Store
     in_flight: InFlight = in_flight_of(keys) if (in_flight_of and keys) else {}
     total = StoreResult()
     for key in keys:
-        result = StoreResult(subscriptions={key})
+        result = StoreResult()
         with engine.begin() as conn:
             chain = _lock(conn, [key])[key]
             _advance(conn, chain, now, result, in_flight.get(key, ()), set(), force_after=force_after)
