@@ -130,6 +130,8 @@ def _store_isolating(
     deliveries: Sequence[Delivery], in_flight: InFlight
 ) -> tuple[StoreResult, dict[str, PermanentError]]:
     """Store all in one transaction; if the data of one breaks it, store one by one to find the culprits."""
+    if not deliveries:  # every payload failed to parse: nothing to store, and no database needed
+        return StoreResult(), {}
     try:
         return _store(deliveries, in_flight), {}
     except PermanentError as exc:
