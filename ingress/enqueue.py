@@ -28,6 +28,7 @@ from shared.queues import (
     STORE_JOB,
     UNSUBSCRIBED_KEY,
     inflight_key,
+    spooled_key,
 )
 from shared.settings import Settings
 from shared.spool import Spool
@@ -36,8 +37,16 @@ from shared.types import Payload
 logger = logging.getLogger(__name__)
 
 
-def enqueue_payloads(redis: Redis, payloads: list[Payload], settings: Settings) -> Job:
-    """Put ``payloads`` on the queue as one job, with their in-flight marks, in one Redis transaction."""
+def enqueue_payloads(
+    redis: Redis, payloads: list[Payload], settings: Settings, once_key: str | None = None
+) -> Job | None:
+    """Put ``payloads`` on the queue as one job, with their in-flight marks, in one Redis transaction.
+
+    With ``once_key``, a second call with the same key enqueues nothing (and returns None): the key is
+    written in the same transaction as the job.  The spool's drain uses it to queue each chunk once.
+    """
+    if once_key is not None and redis.exists(once_key):
+        return None
     # RQ counts intervals from the end of the list when it is longer than the retries: cut it to size
     retries = settings.job_retries
     retry = Retry(max=retries, interval=RETRY_INTERVALS[:retries]) if retries else None
@@ -62,6 +71,8 @@ def enqueue_payloads(redis: Redis, payloads: list[Payload], settings: Settings) 
                 key = inflight_key(payload["tenant"], subscription_id)
                 pipe.zadd(key, {payload["id"]: payload["received_at"]})
                 pipe.expire(key, INFLIGHT_TTL_SECONDS)
+        if once_key is not None:
+            pipe.set(once_key, job.id, ex=INFLIGHT_TTL_SECONDS)
         pipe.execute()
     return job
 
@@ -143,15 +154,15 @@ class Enqueuer:
             raise
         return "spool"
 
-    def _enqueue(self, payloads: list[Payload]) -> None:
-        enqueue_payloads(self.redis, payloads, self.settings)
+    def _enqueue_chunk(self, payloads: list[Payload], chunk_id: str) -> None:
+        enqueue_payloads(self.redis, payloads, self.settings, once_key=spooled_key(chunk_id))
 
     def _maintain_sync(self) -> None:
         """Refresh the unsubscribe list; drain the spool once Redis answers again."""
         try:
             self.unsubscribed = frozenset(m.decode() for m in self.redis.smembers(UNSUBSCRIBED_KEY))  # type: ignore[union-attr]
             if self.spool.backlog or self.spool.pending_files():
-                self.spool.drain(self._enqueue)
+                self.spool.drain(self._enqueue_chunk)
             if not self.redis_ok:
                 logger.info("Redis takes payloads again")
             self.redis_ok = True

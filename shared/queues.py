@@ -39,3 +39,8 @@ def inflight_key(tenant: str, subscription_id: str) -> str:
     the worker uses this to choose the head of a new subscription's chain (SPEC §7, the hard race).
     """
     return f"{KEY_PREFIX}inflight:{tenant}:{subscription_id}"
+
+
+def spooled_key(chunk_id: str) -> str:
+    """Marks a chunk of a spool file as queued (written with its job), so a resumed drain skips it."""
+    return f"{KEY_PREFIX}spooled:{chunk_id}"

@@ -81,12 +81,13 @@ class Spool:
         except OSError:
             return False
 
-    def drain(self, enqueue: Callable[[list[Payload]], None], chunk: int = 200) -> int:
-        """Hand every spooled payload to ``enqueue`` in arrival order; return how many were moved.
+    def drain(self, enqueue: Callable[[list[Payload], str], None], chunk: int = 200) -> int:
+        """Hand every spooled payload to ``enqueue(payloads, chunk_id)`` in arrival order; return how many.
 
         ``enqueue`` raising stops the drain with the rest kept on disk (it is tried again later).  Progress
-        is recorded after each chunk (``<file>.done`` holds the byte offset reached), so a drain that stops
-        half-way, or a process killed mid-drain, resends at most the one chunk in flight, never the file.
+        is recorded after each chunk (``<file>.done`` holds the byte offset reached), and each chunk has an
+        id (file and offset) that stays the same when a drain that stopped half-way, or a process killed
+        mid-drain, hands the chunk over again: ``enqueue`` uses it to put each chunk on the queue once.
         """
         moved = 0
         self._close()
@@ -98,16 +99,17 @@ class Spool:
                 except BlockingIOError:
                     continue  # another live process owns it
                 progress = path.with_suffix(".done")
+                start = _done_offset(progress)
                 batch: list[Payload] = []
-                for payload, end in _read(path, _done_offset(progress)):
+                for payload, end in _read(path, start):
                     batch.append(payload)
                     if len(batch) >= chunk:
-                        enqueue(batch)
+                        enqueue(batch, f"{path.name}:{start}")
                         _record_progress(progress, end)
                         moved += len(batch)
-                        batch = []
+                        batch, start = [], end
                 if batch:
-                    enqueue(batch)
+                    enqueue(batch, f"{path.name}:{start}")
                     moved += len(batch)
                 path.unlink()
                 progress.unlink(missing_ok=True)

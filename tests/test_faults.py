@@ -318,3 +318,53 @@ def test_ingress_killed_mid_request_loses_nothing_it_acked(
             f"{rows} rows, 0 lost, 0 duplicated",
         )
     )
+
+
+def test_ingress_killed_mid_drain_queues_each_spooled_payload_once(
+    tmp_path: Path, database_url: str, reliability: list
+) -> None:
+    """Redis away: posts go to the spool; Redis back: the ingress drains — and is killed while draining."""
+    redis_server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
+    redis_server.directory.mkdir()
+    env = service_env(redis_server.url, database_url, tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc"
+    ingress_cmd = ["ingress", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "i.log"
+    bodies = interleaved(chains(subscriptions=20, length=120))
+    first = spawn(ingress_cmd, env, tmp_path, log)
+    second = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        with httpx.Client() as client:
+            for body in bodies:  # Redis is down: every one of these goes to the spool, fsynced, then acked
+                assert client.post(url, content=body, headers=SOAP_HEADERS).status_code == 200
+        assert list((tmp_path / "spool").glob("*.spool"))
+        redis_server.start()
+        redis = redis_server.client()
+        queue = Queue(QUEUE_NAME, connection=redis)
+        deadline = time.monotonic() + 30
+        while queue.count == 0 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        first.kill()  # SIGKILL, as soon as the first chunk is on the queue
+        first.wait()
+        at_kill = sum(len(job.args[0]) for job in Queue(QUEUE_NAME, connection=redis).get_jobs())
+        second = spawn(ingress_cmd, env, tmp_path, log)  # takes over the dead process's spool file
+        wait_for(lambda: not list((tmp_path / "spool").glob("*.spool")), 60, "the spool to drain")
+        queued = [p["body"] for job in Queue(QUEUE_NAME, connection=redis).get_jobs() for p in job.args[0]]
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        redis_server.stop()
+    assert 0 < at_kill < len(bodies), "the kill must land in the middle of the drain"
+    assert len(queued) == len(bodies) and set(queued) == set(bodies), "each acked payload queued exactly once"
+    assert queued == bodies  # and in arrival order
+    reliability.append(
+        (
+            f"ingress killed (SIGKILL) while draining its spool ({db_name(database_url)})",
+            f"1 kill with {at_kill} of {len(bodies)} drained",
+            f"{len(bodies)} posts acked while Redis was down",
+            "0 lost, 0 queued twice, arrival order kept",
+        )
+    )

@@ -6,9 +6,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from redis import Redis
+from rq import Queue
 
+from ingress.enqueue import enqueue_payloads
+from shared.queues import QUEUE_NAME, spooled_key
+from shared.settings import Settings
 from shared.spool import Spool
 from shared.types import Payload
+from tests.conftest import RedisServer
 
 
 def payload(n: int) -> Payload:
@@ -27,11 +33,13 @@ class Recorder:
 
     def __init__(self, fail_on_call: int | None = None) -> None:
         self.batches: list[list[Payload]] = []
+        self.chunk_ids: list[str] = []
         self.calls = 0
         self.fail_on_call = fail_on_call
 
-    def __call__(self, batch: list[Payload]) -> None:
+    def __call__(self, batch: list[Payload], chunk_id: str) -> None:
         self.calls += 1
+        self.chunk_ids.append(chunk_id)
         if self.calls == self.fail_on_call:
             raise ConnectionError("Redis went away again")
         self.batches.append(batch)
@@ -87,3 +95,36 @@ def test_a_file_locked_by_a_live_process_is_left_to_it(tmp_path: Path) -> None:
     recorder = Recorder()
     assert other.drain(recorder) == 0
     assert recorder.batches == [] and len(list(tmp_path.glob("*.spool"))) == 1
+
+
+def test_a_drain_killed_between_queueing_and_recording_progress_queues_each_payload_once(
+    tmp_path: Path, redis: Redis, redis_server: RedisServer
+) -> None:
+    """The process dies after Redis took a chunk but before the progress file says so; the next drain
+    hands the same chunk over again, under the same id, and nothing reaches the queue twice."""
+    settings = Settings(redis_url=redis_server.url)
+    spool = Spool(tmp_path)
+    sent = [payload(n) for n in range(500)]
+    spool.append(sent)
+
+    class Died(Exception):
+        pass
+
+    calls = 0
+
+    def enqueue_then_die(batch: list[Payload], chunk_id: str) -> None:
+        nonlocal calls
+        calls += 1
+        enqueue_payloads(redis, batch, settings, once_key=spooled_key(chunk_id))
+        if calls == 2:
+            raise Died  # queued, but the progress of this chunk is never written
+
+    with pytest.raises(Died):
+        spool.drain(enqueue_then_die, chunk=200)
+    Spool(tmp_path).drain(
+        lambda batch, chunk_id: enqueue_payloads(redis, batch, settings, once_key=spooled_key(chunk_id)) and None,
+        chunk=200,
+    )
+    queued = [p["id"] for job in Queue(QUEUE_NAME, connection=redis).get_jobs() for p in job.args[0]]
+    assert sorted(queued) == sorted(p["id"] for p in sent)  # every payload, each exactly once
+    assert queued == [p["id"] for p in sent]  # in arrival order
