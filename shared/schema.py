@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -133,6 +135,32 @@ def insert_new(conn: Connection, table: Table) -> Insert:
     """``INSERT … ON CONFLICT DO NOTHING`` for this connection's dialect: duplicates are dropped by the database."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
+
+
+def insert_new_returning(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], returning: Sequence[Column[Any]]
+) -> list[Any]:
+    """``insert_new`` of many ``rows``; the ``returning`` columns of those actually inserted (not the duplicates).
+
+    On PostgreSQL, one prepared statement run for each row in psycopg's pipeline: SQLAlchemy would send
+    multi-row ``VALUES`` statements, whose thousands of placeholders psycopg then parses in Python on every
+    call (half the time of a store, profiled).  The values go to psycopg as they are: ``str``, ``int``,
+    ``None`` and aware ``datetime`` (what ``UTCDateTime`` would send).
+    """
+    statement = insert_new(conn, table).returning(*returning)
+    if not rows or conn.dialect.name != "postgresql":
+        return list(conn.execute(statement, list(rows))) if rows else []
+    sql = str(statement.compile(dialect=conn.dialect, column_keys=list(rows[0])))
+    cursor = conn.connection.driver_connection.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
+    try:
+        cursor.executemany(sql, rows, returning=True)
+        inserted = []
+        while True:
+            inserted += cursor.fetchall()
+            if not cursor.nextset():
+                return inserted
+    finally:
+        cursor.close()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

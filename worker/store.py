@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, select, tuple_, update
 
-from shared.schema import chain_links, insert_new, notifications, subscriptions
+from shared.schema import chain_links, insert_new, insert_new_returning, notifications, subscriptions
 from worker.parse import Event, Notification, ParsedPayload
 
 logger = logging.getLogger(__name__)
@@ -263,14 +263,9 @@ def _add_batch(
             news.append(_New(key, delivery, notification.previous_watermark or "", watermarks[-1], rows))
     if not news:
         return
-    inserted = conn.execute(
-        insert_new(conn, chain_links).returning(
-            chain_links.c.id,
-            chain_links.c.tenant,
-            chain_links.c.subscription_id,
-            chain_links.c.last_watermark,
-            chain_links.c.previous_watermark,
-        ),
+    inserted = insert_new_returning(
+        conn,
+        chain_links,
         [
             {
                 "tenant": new.key[0],
@@ -284,7 +279,14 @@ def _add_batch(
             }
             for new in news
         ],
-    ).all()
+        [
+            chain_links.c.id,
+            chain_links.c.tenant,
+            chain_links.c.subscription_id,
+            chain_links.c.last_watermark,
+            chain_links.c.previous_watermark,
+        ],
+    )
     ids: dict[tuple[str, str, str, str], int] = {
         (r.tenant, r.subscription_id, r.last_watermark, r.previous_watermark): r.id for r in inserted
     }
@@ -309,11 +311,11 @@ def _add_batch(
     rows = [row for new in fresh for row in new.rows]
     stored: set[tuple[str, str, str]] = set()
     if rows:
-        returned = conn.execute(
-            insert_new(conn, notifications).returning(
-                notifications.c.tenant, notifications.c.subscription_id, notifications.c.watermark
-            ),
+        returned = insert_new_returning(
+            conn,
+            notifications,
             rows,
+            [notifications.c.tenant, notifications.c.subscription_id, notifications.c.watermark],
         )
         stored = {(r.tenant, r.subscription_id, r.watermark) for r in returned}
     result.rows += len(stored)
