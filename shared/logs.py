@@ -8,7 +8,7 @@ import logging.config
 from datetime import UTC, datetime
 
 #: Fields that log calls pass in ``extra=`` and that the JSON format keeps.
-FIELDS = ("tenant", "subscription", "payload_id", "job_id")
+FIELDS = ("tenant", "subscription", "payload_id", "job_id", "job_ids")
 
 
 class JSONFormatter(logging.Formatter):

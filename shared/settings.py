@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     dlq_retention_days: int = Field(default=30, gt=0)
     #: A client must deliver a whole request within this many seconds of connecting (slow-loris defence).
     request_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
-    #: Most payloads the ingress gathers into one queue job (posts arriving together share one Redis write).
+    #: Most payloads the ingress gathers into one queue job (posts arriving together share one Redis write),
+    #: and about the most a worker stores in one transaction (taking several waiting jobs at once).
     batch_max: int = Field(default=200, gt=0, le=10_000)
     #: Attempts of a job that meets a transient failure (database or Redis away) before it is dead-lettered.
     job_retries: int = Field(default=8, ge=0, le=100)

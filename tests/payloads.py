@@ -15,8 +15,14 @@ bodies as bytes.  For several response messages in one POST, join ``notification
 from __future__ import annotations
 
 import base64
+import random
+import time
+import uuid
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
+
+from ingress.soap import scan_subscription_ids
+from shared.types import Payload
 
 __all__ = [
     "CALENDAR_FOLDER_ID",
@@ -31,6 +37,7 @@ __all__ = [
     "SUBSCRIPTION_B",
     "TIMESTAMP",
     "WATERMARK_GUID",
+    "chained_payloads",
     "envelope",
     "error_message",
     "error_response",
@@ -241,3 +248,29 @@ def _attr(value: str) -> str:
 def _id_element(name: str, id_: str, change_key: str | None) -> str:
     change = f' ChangeKey="{_attr(change_key)}"' if change_key is not None else ""
     return f'<t:{name} Id="{_attr(id_)}"{change} />'
+
+
+def chained_payloads(chains: dict[str, int], tenant: str = "Default", seed: int = 0) -> list[Payload]:
+    """Queue-ready payloads: ``chains[sub]`` chained notifications for each subscription, interleaved.
+
+    Stamped in arrival (= chain) order, one event each of a random kind (heartbeats included).
+    """
+    rng = random.Random(seed)
+    bodies = []
+    for sub, length in chains.items():
+        for n in range(length):
+            kind = rng.choice(["Created", "Modified", "Deleted", "Status"])
+            bodies.append((sub, n, make_notification(sub, watermark(n), [make_event(kind, watermark(n + 1))])))
+    bodies.sort(key=lambda b: b[1])  # round-robin across subscriptions, each in its chain order
+    start = time.time()
+    return [
+        Payload(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            received_at=start + i / 1000,
+            source="127.0.0.1",
+            subscription_ids=scan_subscription_ids(body),
+            body=body,
+        )
+        for i, (_sub, _n, body) in enumerate(bodies)
+    ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import uuid
 from pathlib import Path
 
@@ -15,13 +14,11 @@ from rq.job import Job
 from sqlalchemy import Engine, select
 
 from ingress.enqueue import enqueue_payloads
-from ingress.soap import scan_subscription_ids
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications, subscriptions
 from shared.settings import Settings
-from shared.types import Payload
 from tests.conftest import SAMPLES, SEED_SUBSCRIPTION, RedisServer, free_port
-from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, make_event, make_notification, watermark
+from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, chained_payloads, watermark
 from tests.processes import queue_drained, row_count, run, service_env, started, wait_for, wait_http
 
 
@@ -93,35 +90,13 @@ def test_every_sample_through_ingress_queue_and_two_workers(
     assert job.args[0][0]["body"] == (SAMPLES / "00_seed_sample_malformed.xml").read_bytes()
 
 
-def _payloads(chains: dict[str, int], tenant: str = "Default") -> list[Payload]:
-    """Chained notifications for each subscription, interleaved, stamped in arrival (= chain) order."""
-    bodies = []
-    for sub, length in chains.items():
-        for n in range(length):
-            kind = random.choice(["Created", "Modified", "Deleted", "Status"])
-            bodies.append((sub, n, make_notification(sub, watermark(n), [make_event(kind, watermark(n + 1))])))
-    bodies.sort(key=lambda b: b[1])  # round-robin across subscriptions, each in its chain order
-    start = time.time()
-    return [
-        Payload(
-            id=uuid.uuid4().hex,
-            tenant=tenant,
-            received_at=start + i / 1000,
-            source="127.0.0.1",
-            subscription_ids=scan_subscription_ids(body),
-            body=body,
-        )
-        for i, (_sub, _n, body) in enumerate(bodies)
-    ]
-
-
 def test_two_worker_processes_racing_on_the_same_subscriptions_keep_chain_order(
     redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     """Jobs taken in any order by two workers still number every chain 1, 2, 3 … in watermark order."""
     random.seed(11)
     subs = {f"race-{i}-{uuid.uuid4().hex[:8]}": 40 for i in range(4)}
-    payloads = _payloads(subs)
+    payloads = chained_payloads(subs, seed=11)
     settings = Settings(redis_url=redis_server.url, database_url=database_url)
     jobs = [[p] for p in payloads]  # one payload a job: the most interleaving two workers can get
     random.shuffle(jobs)  # and the queue in an order unlike the chain, the first two of each chain included

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import TracebackType
@@ -50,53 +51,115 @@ def _connection() -> Redis:
     return Redis.from_url(get_settings().redis)
 
 
+#: One queued job and its payloads (``None``: the payloads are stored outside any job).
+JobPayloads = tuple[Job | None, list[Payload]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What storing the payloads of one or more jobs came to."""
+
+    result: StoreResult = field(default_factory=StoreResult)
+    #: payloads that can never be stored, each with why (to be dead-lettered alone)
+    bad: list[tuple[Job | None, Payload, PermanentError]] = field(default_factory=list)
+    #: set when the database or Redis was away: then nothing was stored
+    transient: TransientError | None = None
+    #: jobs that must fail, each as if it had run alone, and why (see ``store_jobs``)
+    failing: list[tuple[Job | None, SyncNotifyError]] = field(default_factory=list)
+    dead_lettered: int = 0
+
+    def summary(self) -> dict[str, int]:
+        rows, duplicates, gaps = self.result.rows, self.result.duplicates, self.result.gaps
+        return {"rows": rows, "duplicates": duplicates, "gaps": gaps, "dead_lettered": self.dead_lettered}
+
+
 def store_payloads(payloads: list[Payload]) -> dict[str, int]:
-    """Store ``payloads``; raise ``PermanentError`` if a lone payload is bad, ``TransientError`` to be retried.
+    """The RQ job: store ``payloads``; raise ``PermanentError`` if a lone payload is bad, ``TransientError`` to retry.
 
     In a job of several payloads, a bad one is dead-lettered alone and the others are stored; when a
     transient failure outlasts the retries, each payload is dead-lettered on its own.
     """
-    redis = _connection()
-    job = get_current_job()
-    deliveries: list[Delivery] = []
-    bad: list[tuple[Payload, PermanentError]] = []
-    for payload in payloads:
-        try:
-            parsed = parse_payload(payload["body"])
-        except PermanentError as exc:
-            bad.append((payload, exc))
-            continue
-        received = datetime.fromtimestamp(payload["received_at"], UTC)
-        deliveries.append(Delivery(payload["id"], payload["tenant"], received, parsed))
+    outcome = store_jobs(_connection(), [(get_current_job(), payloads)])
+    if outcome.failing:
+        raise outcome.failing[0][1]
+    return outcome.summary()
 
+
+def store_jobs(redis: Redis, parts: Sequence[JobPayloads]) -> Outcome:
+    """Store the payloads of one or more jobs together; dead-letter what must fail alone.
+
+    A job fails (is listed in ``failing``, for RQ's failure handling) as if it had run alone: when its one
+    payload is bad (the job itself is then the dead letter), or on a transient failure while it has retries
+    left or holds one payload.  Otherwise a bad payload is dead-lettered alone, and when a transient
+    failure outlasts a job's retries, each of its payloads is dead-lettered on its own.
+    """
+    outcome = store_parts(redis, parts)
+    transient = outcome.transient
+    for job, payloads in parts:
+        own = [(payload, error) for j, payload, error in outcome.bad if j is job]
+        if len(payloads) == 1 and own:
+            payload, error = own[0]
+            logger.warning("payload %s fails permanently: %s", payload["id"], error, extra=_fields(payload, job))
+            outcome.failing.append((job, error))
+        elif transient is not None and (len(payloads) == 1 or must_retry(job)):
+            outcome.failing.append((job, transient))
+        elif transient is not None:  # retries spent: each payload gets its own dead-letter entry
+            errors = {payload["id"]: error for payload, error in own}
+            for payload in payloads:
+                _dead_letter(redis, job, payload, errors.get(payload["id"], transient))
+            outcome.dead_lettered += len(payloads)
+        else:
+            for payload, error in own:
+                _dead_letter(redis, job, payload, error)
+            outcome.dead_lettered += len(own)
+    return outcome
+
+
+def store_parts(redis: Redis, parts: Sequence[JobPayloads]) -> Outcome:
+    """Parse and store the payloads of ``parts`` in one transaction, then release their in-flight marks.
+
+    Dead-letters nothing: the callers decide, since a job of one payload is its own dead letter.
+    """
+    outcome = Outcome()
+    deliveries: list[Delivery] = []
+    job_of: dict[str, Job | None] = {}
+    for job, payloads in parts:
+        for payload in payloads:
+            job_of[payload["id"]] = job
+            try:
+                parsed = parse_payload(payload["body"])
+            except PermanentError as exc:
+                outcome.bad.append((job, payload, exc))
+                continue
+            received = datetime.fromtimestamp(payload["received_at"], UTC)
+            deliveries.append(Delivery(payload["id"], payload["tenant"], received, parsed))
     try:
-        result, failed = _store_isolating(deliveries, _in_flight(redis, deliveries))
+        outcome.result, failed = _store_isolating(deliveries, _in_flight(redis, deliveries))
     except TransientError as exc:
-        if len(payloads) == 1 or (job is not None and job.should_retry):
-            raise
-        for payload in payloads:  # retries spent: each payload gets its own dead-letter entry
-            error = next((e for p, e in bad if p is payload), exc)
-            _dead_letter(redis, job, payload, error)
-        return {"rows": 0, "duplicates": 0, "gaps": 0, "dead_lettered": len(payloads)}
-    bad += [(p, failed[p["id"]]) for p in payloads if p["id"] in failed]
-    if len(payloads) == 1 and bad:
-        payload, error = bad[0]
-        logger.warning("payload %s fails permanently: %s", payload["id"], error, extra=_fields(payload, job))
-        raise error
-    for payload, error in bad:
-        _dead_letter(redis, job, payload, error)
-    stored = [p for p in payloads if p["id"] not in {b[0]["id"] for b in bad}]
+        outcome.transient = exc
+        return outcome
+    payloads_by_id = {p["id"]: (job, p) for job, payloads in parts for p in payloads}
+    outcome.bad += [(payloads_by_id[i][0], payloads_by_id[i][1], error) for i, error in failed.items()]
+    bad_ids = {payload["id"] for _, payload, _ in outcome.bad}
+    job_ids = [job.id for job, _ in parts if job is not None]
+    stored = [p for _, payloads in parts for p in payloads if p["id"] not in bad_ids]
     _release(redis, stored)
-    _observe(result, stored)
+    _observe(outcome.result, stored)
     logger.info(
-        "stored %d rows from %d payloads (%d duplicates, %d gaps)",
-        result.rows,
+        "stored %d rows from %d payloads of %d job(s) (%d duplicates, %d gaps)",
+        outcome.result.rows,
         len(stored),
-        result.duplicates,
-        result.gaps,
-        extra={"job_id": job.id if job else None},
+        len(parts),
+        outcome.result.duplicates,
+        outcome.result.gaps,
+        # a batch is named by its first job, as RQ's timeout does; ``job_ids`` lists them all
+        extra={"job_id": job_ids[0] if job_ids else None, "job_ids": job_ids},
     )
-    return {"rows": result.rows, "duplicates": result.duplicates, "gaps": result.gaps, "dead_lettered": len(bad)}
+    return outcome
+
+
+def must_retry(job: Job | None) -> bool:
+    return job is not None and bool(job.should_retry)
 
 
 def _observe(result: StoreResult, stored: Sequence[Payload]) -> None:

@@ -1,0 +1,161 @@
+"""A worker takes the jobs waiting in the queue together (``worker.rq_worker``): one transaction for all,
+while a bad payload still fails alone and a transient failure still retries each job on its own."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+from redis import Redis
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from sqlalchemy import Engine
+
+from ingress.enqueue import enqueue_payloads
+from shared.queues import QUEUE_NAME
+from shared.settings import Settings
+from shared.types import Payload
+from tests.conftest import SAMPLES, RedisServer
+from tests.payloads import chained_payloads, watermark
+from tests.processes import row_count, run, service_env
+from tests.test_pipeline import seqs
+from worker.rq_worker import requeue_abandoned
+
+
+def _bad(tenant: str = "Default") -> Payload:
+    body = (SAMPLES / "00_seed_sample_malformed.xml").read_bytes()
+    return Payload(
+        id=uuid.uuid4().hex, tenant=tenant, received_at=time.time(), source="127.0.0.1", subscription_ids=[], body=body
+    )
+
+
+def _jobs_of(payloads: list[Payload], sizes: list[int]) -> list[list[Payload]]:
+    """``payloads`` cut into jobs of the given sizes, repeated."""
+    jobs, start, i = [], 0, 0
+    while start < len(payloads):
+        size = sizes[i % len(sizes)]
+        jobs.append(payloads[start : start + size])
+        start, i = start + size, i + 1
+    return jobs
+
+
+def _chain(payloads: list[Payload], sub: str) -> list[str]:
+    """The watermarks of ``sub``'s rows in chain order (``chained_payloads`` makes one event a payload)."""
+    mine = [p for p in payloads if sub in p["subscription_ids"]]
+    return [watermark(n + 1) for n, p in enumerate(mine) if b"StatusEvent" not in p["body"]]
+
+
+def _batch_sizes(log: str) -> list[int]:
+    """How many jobs each store took, from the worker's log."""
+    return [int(n) for n in re.findall(r"stored \d+ rows from \d+ payloads of (\d+) job", log)]
+
+
+def test_waiting_jobs_are_stored_together_and_a_bad_payload_still_fails_alone(
+    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    subs = {f"batch-{i}-{uuid.uuid4().hex[:8]}": 30 for i in range(3)}
+    payloads = chained_payloads(subs, seed=3)
+    jobs = _jobs_of(payloads, [1, 3, 2, 4])
+    jobs[5].insert(1, _bad())  # a bad payload among good ones
+    jobs[20].append(_bad())
+    lone = [_bad()]  # a job of one bad payload is its own dead letter
+    settings = Settings(redis_url=redis_server.url, database_url=database_url)
+    enqueued = [enqueue_payloads(redis, job, settings) for job in [*jobs[:10], lone, *jobs[10:]]]
+    lone_job = enqueued[10]
+    assert lone_job is not None
+
+    env = service_env(redis_server.url, database_url, tmp_path, SYNCNOTIFY_LOG_LEVEL="INFO")
+    worker = run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+
+    sizes = _batch_sizes(worker.stderr)
+    assert max(sizes) > 1, worker.stderr[-2000:]  # jobs were taken together
+    assert sum(sizes) == len(jobs) + 1  # every job stored exactly once (the lone bad one stores nothing)
+    assert row_count(engine) == sum(1 for p in payloads if b"StatusEvent" not in p["body"])
+    for sub in subs:
+        assert seqs(engine, sub) == list(enumerate(_chain(payloads, sub), start=1))
+
+    queue = Queue(QUEUE_NAME, connection=redis)
+    failed = queue.failed_job_registry
+    assert failed.count == 3
+    entries = [Job.fetch(i, connection=redis) for i in failed.get_job_ids()]
+    assert all(len(e.args[0]) == 1 and e.meta["error_class"] == "malformed_xml" for e in entries)
+    assert lone_job.id in failed.get_job_ids()  # failed as itself: the id an operator may already know
+    assert queue.count == 0 and queue.started_job_registry.get_job_count(cleanup=False) == 0
+    assert redis.llen(queue.intermediate_queue_key) == 0
+    assert queue.scheduled_job_registry.get_job_count(cleanup=False) == 0
+
+
+def test_a_transient_failure_retries_each_job_of_a_batch_on_its_own(
+    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    subs = {f"outage-{i}-{uuid.uuid4().hex[:8]}": 10 for i in range(2)}
+    payloads = chained_payloads(subs, seed=5)
+    jobs = _jobs_of(payloads, [2, 1, 3])
+    settings = Settings(redis_url=redis_server.url, database_url=database_url)
+    ids = {job.id for job in (enqueue_payloads(redis, j, settings) for j in jobs) if job is not None}
+
+    unreachable = f"sqlite:///{tmp_path}/no/such/folder/syncnotify.db"
+    env = service_env(redis_server.url, unreachable, tmp_path, SYNCNOTIFY_LOG_LEVEL="INFO")
+    failing = run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path)
+    assert failing.returncode == 0, failing.stderr[-2000:]
+    assert "unable to open database file" in failing.stderr
+    queue = Queue(QUEUE_NAME, connection=redis)
+    scheduled = set(queue.scheduled_job_registry.get_job_ids(cleanup=False))
+    assert scheduled == ids  # each job waits for its own retry; nothing was dead-lettered
+    assert queue.failed_job_registry.count == 0
+    assert all(Job.fetch(i, connection=redis).meta["error_class"] == "transient" for i in ids)
+
+    time.sleep(1.5)  # the first retry interval
+    env = service_env(redis_server.url, database_url, tmp_path, SYNCNOTIFY_LOG_LEVEL="INFO")
+    recovered = run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path)
+    assert recovered.returncode == 0, recovered.stderr[-2000:]
+    assert row_count(engine) == sum(1 for p in payloads if b"StatusEvent" not in p["body"])
+    for sub in subs:
+        assert seqs(engine, sub) == list(enumerate(_chain(payloads, sub), start=1))
+    assert queue.scheduled_job_registry.get_job_count(cleanup=False) == 0 and queue.count == 0
+
+
+def test_retries_spent_dead_letter_each_payload_of_a_batch_alone(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    payloads = chained_payloads({f"spent-{uuid.uuid4().hex[:8]}": 9}, seed=7)
+    settings = Settings(redis_url=redis_server.url, job_retries=0)
+    jobs = _jobs_of(payloads, [3, 1, 2])
+    for job in jobs:
+        enqueue_payloads(redis, job, settings)
+
+    unreachable = f"sqlite:///{tmp_path}/no/such/folder/syncnotify.db"
+    env = service_env(redis_server.url, unreachable, tmp_path, SYNCNOTIFY_LOG_LEVEL="INFO")
+    worker = run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert _batch_sizes(worker.stderr) == []  # nothing stored
+    failed = Queue(QUEUE_NAME, connection=redis).failed_job_registry
+    entries = [Job.fetch(i, connection=redis) for i in failed.get_job_ids()]
+    assert sorted(p["id"] for e in entries for p in e.args[0]) == sorted(p["id"] for p in payloads)
+    assert all(len(e.args[0]) == 1 and e.meta["error_class"] == "transient" for e in entries)
+
+
+def test_jobs_a_dead_worker_took_but_never_started_are_queued_again(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    settings = Settings(redis_url=redis_server.url)
+    queue = Queue(QUEUE_NAME, connection=redis)
+    first, second = (enqueue_payloads(redis, [p], settings) for p in chained_payloads({"taken": 2}))
+    assert first is not None and second is not None
+    # what a worker does when it takes jobs: move them to RQ's intermediate queue; it then dies
+    redis.lmove(queue.key, queue.intermediate_queue_key)
+    redis.lmove(queue.key, queue.intermediate_queue_key)
+    # the second was started by a live worker (it is in the started registry): not to be touched
+    with redis.pipeline() as pipe:
+        Execution.create(second, ttl=60, pipeline=pipe)
+        pipe.execute()
+
+    assert requeue_abandoned(queue) == []  # first seen: a live worker may be about to start them
+    time.sleep(1.1)
+    assert requeue_abandoned(queue) == [first.id]
+    assert queue.job_ids == [first.id]
+    assert redis.lrange(queue.intermediate_queue_key, 0, -1) == [second.id.encode()]

@@ -1,0 +1,264 @@
+"""The RQ worker: waiting jobs run together, and the jobs of dead workers run again.
+
+RQ spends about 2 ms and a few dozen Redis commands on each job it runs, and a job holds only the posts the
+ingress gathered into one Redis write -- one or two when posts arrive one at a time.  So when more jobs wait
+behind the one RQ hands over, the worker takes them too, up to ``batch_payloads`` payloads: it moves them to
+RQ's intermediate queue (as RQ's own dequeue does), registers them all as started in one Redis transaction,
+stores all their payloads in one database transaction (``worker.jobs.store_jobs``) and finishes them in one
+more.  A bad payload is still dead-lettered alone; the jobs caught by a transient failure fail through RQ's
+own handling, each as if it had run alone, and are retried later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.timeouts import JobTimeoutException
+from rq.utils import current_timestamp, now
+from rq.worker import WorkerStatus
+
+from shared.queues import JOB_TIMEOUT_SECONDS, KEY_PREFIX, MAX_ABANDONS, STORE_JOB
+from worker.jobs import drop_dead_executions, store_jobs
+
+logger = logging.getLogger(__name__)
+
+#: Only one worker at a time looks for abandoned jobs (the lock lasts one maintenance interval).
+REAPER_LOCK_KEY = KEY_PREFIX + "reaper-lock"
+#: RQ's own registry maintenance runs this often, as RQ does by default.
+RQ_MAINTENANCE_SECONDS = 600
+#: Most job ids moved from the queue in one Redis round trip.
+TAKE_AT_ONCE = 32
+
+
+class SyncWorker(SimpleWorker):
+    """RQ's SimpleWorker, running waiting jobs together, with a bounded recovery of dead workers' jobs.
+
+    SimpleWorker runs jobs in its own process instead of forking one per job: the engine's pooled
+    connections are reused across jobs, and a job is cheap to start.
+
+    RQ notices a job whose worker died only when the job's entry in the started registry expires, which
+    it sets to a minute and a half or more, and then fails it as ``AbandonedJobError``.  Here the entry
+    lives ``abandon_after`` seconds, kept fresh by a heartbeat while the job runs, and the registry
+    maintenance (every ``abandon_after / 4`` seconds) puts expired jobs back at the front of the queue to
+    run again: storing is idempotent, so a second run of a half-done job stores each event once.
+    """
+
+    def __init__(self, *args: Any, abandon_after: int, batch_payloads: int, **kwargs: Any) -> None:
+        kwargs["maintenance_interval"] = max(1, abandon_after // 4)
+        super().__init__(*args, **kwargs)
+        self.abandon_after = abandon_after
+        self.batch_payloads = batch_payloads
+        self._rq_cleaned_at = -float(RQ_MAINTENANCE_SECONDS)
+        # the idle loop wakes every worker_ttl - 15 s to heartbeat and run maintenance when due
+        self.worker_ttl = max(16, abandon_after // 4 + 15)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.abandon_after
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        jobs = self._take_more(job, queue) if _payload_count(job) is not None else [job]
+        if len(jobs) == 1:
+            super().execute_job(job, queue)
+        else:
+            self._execute_together(jobs, queue)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        with self._heartbeats([job], [execution]):
+            return bool(super().perform_job(job, queue, execution))
+
+    def _take_more(self, first: Job, queue: Queue) -> list[Job]:
+        """``first`` and the jobs waiting behind it, up to about ``batch_payloads`` payloads."""
+        taken, held = [first], _payload_count(first) or 0
+        while held < self.batch_payloads:
+            # guess from the jobs so far how many more make up the batch
+            count = min(TAKE_AT_ONCE, math.ceil((self.batch_payloads - held) / max(1, held / len(taken))))
+            with self.connection.pipeline(transaction=False) as pipe:
+                for _ in range(count):
+                    pipe.lmove(queue.key, queue.intermediate_queue_key)
+                ids = [i.decode() for i in pipe.execute() if i is not None]
+            for job_id, job in zip(ids, Job.fetch_many(ids, self.connection, self.serializer), strict=True):
+                if job is None:  # deleted meanwhile (an operator's purge): nothing to run
+                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                    continue
+                taken.append(job)
+                held += _payload_count(job) or 0
+            if len(ids) < count:
+                break
+        return taken
+
+    def _execute_together(self, jobs: Sequence[Job], queue: Queue) -> None:
+        """Run the store jobs of ``jobs`` as one, then any other job alone, in its turn."""
+        batch = [j for j in jobs if _payload_count(j) is not None]
+        executions = self._start(batch, queue)
+        try:
+            with self._heartbeats(batch, executions):
+                with self.death_penalty_class(JOB_TIMEOUT_SECONDS, JobTimeoutException, job_id=batch[0].id):
+                    outcome = store_jobs(self.connection, [(job, job.args[0]) for job in batch])
+        except Exception:  # noqa: BLE001 - as RQ would for each: every job of the batch fails, to be retried
+            exc_info = sys.exc_info()
+            for job, execution in zip(batch, executions, strict=True):
+                self._finalize_failure(job, queue, execution, exc_info)
+        else:
+            failing = {job.id: error for job, error in outcome.failing if job is not None}
+            for job, execution in zip(batch, executions, strict=True):
+                if job.id in failing:
+                    error = failing[job.id]
+                    self._finalize_failure(job, queue, execution, (type(error), error, error.__traceback__))
+            self._finish([(j, e) for j, e in zip(batch, executions, strict=True) if j.id not in failing])
+        self.set_state(WorkerStatus.IDLE)
+        for job in jobs:
+            if _payload_count(job) is None:
+                super().execute_job(job, queue)
+
+    def _start(self, jobs: Sequence[Job], queue: Queue) -> list[Execution]:
+        """What RQ does before running a job, for all ``jobs`` in one transaction."""
+        ttl = self.abandon_after
+        with self.connection.pipeline() as pipe:
+            executions = [Execution.create(job, ttl, pipeline=pipe, worker_name=self.name) for job in jobs]
+            for job in jobs:
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            pipe.execute()
+        for execution in executions:
+            self.executions[execution.id] = execution
+        return executions
+
+    def _finish(self, done: Sequence[tuple[Job, Execution]]) -> None:
+        """What RQ does after a job succeeds (without a result to keep), for all of ``done`` in one transaction."""
+        ended = now()
+        with self.connection.pipeline() as pipe:
+            for job, execution in done:
+                job.ended_at = ended
+                job._status = JobStatus.FINISHED
+                job.cleanup(0, pipeline=pipe, remove_from_queue=False)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                self.increment_successful_job_count(pipeline=pipe)
+                if job.started_at is not None:
+                    self.increment_total_working_time(ended - job.started_at, pipe)
+            pipe.execute()
+
+    @contextmanager
+    def _heartbeats(self, jobs: Sequence[Job], executions: Sequence[Execution]) -> Iterator[None]:
+        """Keep the started-registry entries of running ``jobs`` fresh (they expire after ``abandon_after``)."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.abandon_after / 3):
+                try:
+                    with self.connection.pipeline() as pipe:
+                        for job, execution in zip(jobs, executions, strict=True):
+                            execution.heartbeat(job.started_job_registry, self.abandon_after, pipe)
+                        pipe.execute()
+                except RedisError as exc:
+                    logger.warning("job %s: heartbeat failed: %s", jobs[0].id, exc)
+
+        thread = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def clean_registries(self) -> None:
+        """Requeue abandoned jobs every ``abandon_after / 4`` s; RQ's own cleaning at its usual pace."""
+        for queue in self.queues:
+            # our own short lock: RQ's lasts 15 minutes, and a worker killed while holding it would
+            # stop every worker's maintenance for that long
+            if queue.connection.set(REAPER_LOCK_KEY, self.name, nx=True, ex=max(1, self.abandon_after // 4)):
+                requeue_abandoned(queue)
+        if time.monotonic() - self._rq_cleaned_at > RQ_MAINTENANCE_SECONDS:
+            self._rq_cleaned_at = time.monotonic()
+            super().clean_registries()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = now()  # type: ignore[assignment]
+
+
+def _payload_count(job: Job) -> int | None:
+    """How many payloads a store job carries; None for a job that cannot run in a batch (run it alone)."""
+    if job.func_name != STORE_JOB or job.result_ttl != 0:
+        return None
+    try:
+        payloads = job.args[0]
+    except Exception:  # noqa: BLE001 - unreadable data: RQ's own path fails the job with the reason
+        return None
+    return len(payloads) if isinstance(payloads, list) else None
+
+
+def requeue_abandoned(queue: Queue) -> list[str]:
+    """Put the jobs of dead workers back at the front of ``queue``; return their ids.
+
+    A job abandoned more than ``MAX_ABANDONS`` times is left to RQ, which dead-letters it.
+    """
+    registry = queue.started_job_registry
+    requeued = []
+    for entry in registry.connection.zrangebyscore(registry.key, 0, current_timestamp()):
+        job_id = registry.parse_job_id(entry)
+        try:
+            job = Job.fetch(job_id, connection=queue.connection)
+        except NoSuchJobError:
+            registry.connection.zrem(registry.key, entry)
+            continue
+        if job.get_status(refresh=False) != JobStatus.STARTED:
+            continue  # finished or failed meanwhile: RQ's cleanup drops the entry
+        abandons = int(job.meta.get("abandoned", 0)) + 1
+        if abandons > MAX_ABANDONS:
+            continue
+        job.meta["abandoned"] = abandons
+        job.started_at = None
+        with queue.connection.pipeline() as pipe:
+            pipe.zrem(registry.key, entry)
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+        drop_dead_executions(job)
+        logger.warning("job %s was abandoned by a dead worker; running it again (%d)", job.id, abandons)
+        requeued.append(job.id)
+    return requeued + _requeue_untaken(queue)
+
+
+#: Moves a job id from the intermediate queue back to the front of the queue, unless someone else did.
+_BACK_TO_FRONT = """
+if redis.call('lrem', KEYS[1], 1, ARGV[1]) == 1 then
+    redis.call('lpush', KEYS[2], ARGV[1])
+    return 1
+end
+return 0
+"""
+
+
+def _requeue_untaken(queue: Queue) -> list[str]:
+    """Jobs a dead worker moved to RQ's intermediate queue but had not yet started: back to the queue's front.
+
+    A worker moves jobs there and registers them as started a Redis round trip later; a job found there
+    unregistered on two passes a maintenance interval apart was left by a worker that died in between.
+    (RQ's own cleanup would fail such a job as "stuck" after a minute, and only every ten minutes.)
+    """
+    intermediate = queue.intermediate_queue
+    waiting = intermediate.get_job_ids()
+    started = set(queue.started_job_registry.get_job_ids(cleanup=False)) if waiting else set()
+    requeued = []
+    for job_id in waiting:
+        if job_id in started or intermediate.set_first_seen(job_id):
+            continue
+        seen = intermediate.get_first_seen(job_id)
+        if seen is None or (now() - seen).total_seconds() < 1:
+            continue
+        if queue.connection.eval(_BACK_TO_FRONT, 2, intermediate.key, queue.key, job_id):
+            queue.connection.delete(intermediate.get_first_seen_key(job_id))
+            logger.warning("job %s was taken by a worker that died before starting it; queued again", job_id)
+            requeued.append(job_id)
+    return requeued
