@@ -149,9 +149,9 @@ def test_first_two_of_a_new_subscription_in_reverse_order(engine: Engine) -> Non
     sub = f"new-{uuid.uuid4().hex}"
     first, second = (post(b) for b in chain(sub, 10, 2, kinds=("Created", "Modified")))
     marks = in_flight([first, second], sub)
-    store(engine, [second.delivery()], marks)  # the second finishes first: it must not become the head
+    store(engine, [second.delivery()], lambda keys: marks)  # the second finishes first: it must not become the head
     assert rows(engine, sub) == [(None, "Modified", watermark(12))]
-    store(engine, [first.delivery()], in_flight([second], sub))
+    store(engine, [first.delivery()], lambda keys: in_flight([second], sub))
     assert rows(engine, sub) == [(1, "Created", watermark(11)), (2, "Modified", watermark(12))]
     assert subscription(engine, sub)["last_watermark"] == watermark(12)
 
@@ -161,9 +161,9 @@ def test_new_subscription_head_waits_for_an_earlier_error_message(engine: Engine
     sub = f"err-{uuid.uuid4().hex}"
     error = post(envelope(error_response(sub, "ErrorMissedNotificationEvents")))
     first = post(chain(sub, 1, 1)[0])
-    store(engine, [first.delivery()], in_flight([error, first], sub))
+    store(engine, [first.delivery()], lambda keys: in_flight([error, first], sub))
     assert rows(engine, sub)[0][0] is None
-    store(engine, [error.delivery()], in_flight([first], sub))
+    store(engine, [error.delivery()], lambda keys: in_flight([first], sub))
     sweep(engine, gap_timeout=60, in_flight_of=lambda keys: {})  # the error is stored: nothing blocks now
     assert rows(engine, sub)[0][0] == 1
     assert subscription(engine, sub)["state"] == "error"
@@ -174,7 +174,7 @@ def test_dead_lettered_first_payload_becomes_a_gap_after_the_timeout(engine: Eng
     sub = f"lost-{uuid.uuid4().hex}"
     lost, second = (post(b) for b in chain(sub, 1, 2))
     marks = in_flight([lost, second], sub)
-    store(engine, [second.delivery()], marks)
+    store(engine, [second.delivery()], lambda keys: marks)
     assert sweep(engine, gap_timeout=60, in_flight_of=lambda keys: marks).gaps == 0
     assert rows(engine, sub)[0][0] is None
     time.sleep(0.05)
@@ -233,8 +233,8 @@ def test_one_batch_with_shuffled_notifications_of_several_subscriptions(engine: 
     posts = [post(b) for sub in subs for b in chain(sub, 50, 5, kinds=("Created", "Modified", "Moved"))]
     random.Random(7).shuffle(posts)
     marks = {k: v for sub in subs for k, v in in_flight([p for p in posts if sub in p.body.decode()], sub).items()}
-    store(engine, [p.delivery() for p in posts[:7]], marks)
-    store(engine, [p.delivery() for p in posts[7:]], marks)
+    store(engine, [p.delivery() for p in posts[:7]], lambda keys: marks)
+    store(engine, [p.delivery() for p in posts[7:]], lambda keys: marks)
     for sub in subs:
         got = rows(engine, sub)
         assert [seq for seq, _, _ in got] == [1, 2, 3, 4, 5]
@@ -295,8 +295,8 @@ def test_any_delivery_order_with_duplicates_gives_the_same_rows(engine: Engine, 
     sub = posts[0].delivery().parsed.notifications[0].subscription_id
     stored: set[str] = set()
     for batch in batches:
-        pending = [p for p in posts if p.id not in stored]
-        store(engine, [posts[i].delivery() for i in batch], in_flight(pending, sub))
+        marks = in_flight([p for p in posts if p.id not in stored], sub)
+        store(engine, [posts[i].delivery() for i in batch], lambda keys, marks=marks: marks)
         stored.update(posts[i].id for i in batch)
     sweep(engine, gap_timeout=60, in_flight_of=lambda keys: {})
 

@@ -87,6 +87,10 @@ def test_waiting_jobs_are_stored_together_and_a_bad_payload_still_fails_alone(
     assert queue.count == 0 and queue.started_job_registry.get_job_count(cleanup=False) == 0
     assert redis.llen(queue.intermediate_queue_key) == 0
     assert queue.scheduled_job_registry.get_job_count(cleanup=False) == 0
+    # finished jobs leave nothing behind: their data, results and executions are gone
+    left = {key.decode().split(":")[2] for key in redis.scan_iter("rq:job*:*")}
+    left |= {key.decode().split(":")[2] for key in redis.scan_iter("rq:execution*:*")}
+    assert left <= set(failed.get_job_ids())
 
 
 def test_a_transient_failure_retries_each_job_of_a_batch_on_its_own(

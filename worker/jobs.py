@@ -33,7 +33,7 @@ from shared.settings import get_settings, redact_url
 from shared.types import Payload
 from worker import dlq, metrics
 from worker.parse import parse_payload
-from worker.store import Delivery, InFlight, StoreResult, SubscriptionKey, store
+from worker.store import Delivery, InFlight, InFlightOf, StoreResult, SubscriptionKey, store
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def store_parts(redis: Redis, parts: Sequence[JobPayloads]) -> Outcome:
             received = datetime.fromtimestamp(payload["received_at"], UTC)
             deliveries.append(Delivery(payload["id"], payload["tenant"], received, parsed))
     try:
-        outcome.result, failed = _store_isolating(deliveries, _in_flight(redis, deliveries))
+        outcome.result, failed = _store_isolating(deliveries, lambda keys: in_flight_of(redis, keys))
     except TransientError as exc:
         outcome.transient = exc
         return outcome
@@ -190,29 +190,29 @@ def _dead_letter(redis: Redis, job: Job | None, payload: Payload, error: SyncNot
 
 
 def _store_isolating(
-    deliveries: Sequence[Delivery], in_flight: InFlight
+    deliveries: Sequence[Delivery], in_flight_of: InFlightOf
 ) -> tuple[StoreResult, dict[str, PermanentError]]:
     """Store all in one transaction; if the data of one breaks it, store one by one to find the culprits."""
     if not deliveries:  # every payload failed to parse: nothing to store, and no database needed
         return StoreResult(), {}
     try:
-        return _store(deliveries, in_flight), {}
+        return _store(deliveries, in_flight_of), {}
     except PermanentError as exc:
         if len(deliveries) == 1:
             return StoreResult(), {deliveries[0].payload_id: exc}
     total, failed = StoreResult(), {}
     for delivery in deliveries:
         try:
-            total.add(_store([delivery], in_flight))
+            total.add(_store([delivery], in_flight_of))
         except PermanentError as exc:
             failed[delivery.payload_id] = exc
     return total, failed
 
 
-def _store(deliveries: Sequence[Delivery], in_flight: InFlight) -> StoreResult:
+def _store(deliveries: Sequence[Delivery], in_flight_of: InFlightOf) -> StoreResult:
     """``store`` with database errors sorted into transient (retry the job) and permanent (this data)."""
     try:
-        return store(engine(), deliveries, in_flight)
+        return store(engine(), deliveries, in_flight_of)
     except (DataError, IntegrityError) as exc:
         raise PermanentError(f"the database refused a value: {_first_line(exc)}", "bad_value") from exc
     except (OperationalError, InterfaceError) as exc:
@@ -231,13 +231,8 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _in_flight(redis: Redis, deliveries: Sequence[Delivery]) -> InFlight:
-    """Payloads of the new subscriptions in ``deliveries`` that are still queued (see ``worker.store``)."""
-    keys: list[SubscriptionKey] = sorted(
-        {(d.tenant, n.subscription_id) for d in deliveries for n in d.parsed.notifications}
-    )
-    if not keys:
-        return {}
+def in_flight_of(redis: Redis, keys: Sequence[SubscriptionKey]) -> InFlight:
+    """The payloads of these subscriptions still queued (see ``worker.store``)."""
     try:
         with redis.pipeline(transaction=False) as pipe:
             for tenant, subscription_id in keys:

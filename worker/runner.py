@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.queues import QUEUE_NAME, inflight_key
+from shared.errors import TransientError
+from shared.queues import QUEUE_NAME
 from shared.settings import get_settings
 from worker import metrics
-from worker.jobs import engine
+from worker.jobs import engine, in_flight_of
 from worker.rq_worker import SyncWorker
-from worker.store import InFlight, SubscriptionKey, sweep
+from worker.store import sweep
 
 logger = logging.getLogger(__name__)
-
-
-def in_flight_of(redis: Redis, keys: Sequence[SubscriptionKey]) -> InFlight:
-    """What is still queued for these subscriptions (see ``worker.store``)."""
-    with redis.pipeline(transaction=False) as pipe:
-        for tenant, subscription_id in keys:
-            pipe.zrange(inflight_key(tenant, subscription_id), 0, -1, withscores=True)
-        answers = pipe.execute()
-    return {
-        key: [(m.decode(), float(s)) for m, s in answer] for key, answer in zip(keys, answers, strict=True) if answer
-    }
 
 
 def sweep_once(redis: Redis) -> None:
@@ -39,7 +28,7 @@ def sweep_once(redis: Redis) -> None:
         if result.gaps:
             metrics.GAPS.inc(result.gaps)
             logger.warning("sweeper recorded %d gaps", result.gaps)
-    except (SQLAlchemyError, RedisError) as exc:
+    except (SQLAlchemyError, RedisError, TransientError) as exc:
         logger.warning("sweeper could not run: %s", exc)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 SubscriptionKey = tuple[str, str]
 #: Payloads still in flight for a subscription: (payload id, receive time in epoch seconds).
 InFlight = Mapping[SubscriptionKey, Sequence[tuple[str, float]]]
+#: Reads the ``InFlight`` payloads of the given subscriptions (from Redis, in the worker).
+InFlightOf = Callable[[Sequence[SubscriptionKey]], InFlight]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +113,12 @@ class _Link:
     waiting_since: datetime
 
 
-def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | None = None) -> StoreResult:
-    """Store ``deliveries`` in one transaction; raises SQLAlchemy errors unchanged (the job classifies them)."""
+def store(engine: Engine, deliveries: Sequence[Delivery], in_flight_of: InFlightOf | None = None) -> StoreResult:
+    """Store ``deliveries`` in one transaction; raises SQLAlchemy errors unchanged (the job classifies them).
+
+    ``in_flight_of`` is asked only about subscriptions with links left waiting (see ``InFlight``): in the
+    steady state, none.
+    """
     now = datetime.now(UTC)
     by_key: dict[SubscriptionKey, list[tuple[Delivery, int, Notification]]] = defaultdict(list)
     seen: dict[SubscriptionKey, datetime] = {}
@@ -140,8 +146,10 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight: InFlight | 
     with engine.begin() as conn:
         chains = _lock(conn, keys)
         _add_batch(conn, chains, [(key, d, n) for key in keys for d, _, n in by_key.get(key, [])], now, result)
-        for key in _keys_waiting(conn, keys):
-            _advance(conn, chains[key], now, result, (in_flight or {}).get(key, ()), batch_payloads)
+        waiting = _keys_waiting(conn, keys)
+        in_flight = in_flight_of(waiting) if (in_flight_of and waiting) else {}
+        for key in waiting:
+            _advance(conn, chains[key], now, result, in_flight.get(key, ()), batch_payloads)
         for key in keys:
             chain = chains[key]
             _seen(chain, seen[key])
@@ -536,7 +544,7 @@ def _save(conn: Connection, chains: Sequence[_Chain]) -> None:
     )
 
 
-def sweep(engine: Engine, gap_timeout: float, in_flight_of: Any = None) -> StoreResult:
+def sweep(engine: Engine, gap_timeout: float, in_flight_of: InFlightOf | None = None) -> StoreResult:
     """Link what waits and may now go on; record gaps for what waited longer than ``gap_timeout`` seconds.
 
     ``in_flight_of(keys)`` returns the in-flight payloads of those subscriptions (see ``InFlight``);
@@ -567,4 +575,4 @@ def sweep(engine: Engine, gap_timeout: float, in_flight_of: Any = None) -> Store
     return total
 
 
-__all__ = ["Delivery", "InFlight", "StoreResult", "store", "sweep"]
+__all__ = ["Delivery", "InFlight", "InFlightOf", "StoreResult", "store", "sweep"]
