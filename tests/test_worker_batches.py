@@ -111,7 +111,10 @@ def test_a_transient_failure_retries_each_job_of_a_batch_on_its_own(
     scheduled = set(queue.scheduled_job_registry.get_job_ids(cleanup=False))
     assert scheduled == ids  # each job waits for its own retry; nothing was dead-lettered
     assert queue.failed_job_registry.count == 0
-    assert all(Job.fetch(i, connection=redis).meta["error_class"] == "transient" for i in ids)
+    for job in (Job.fetch(i, connection=redis) for i in ids):
+        # the batch failed, then each job alone: one retry spent each, as without batches
+        assert job.meta["error_class"] == "transient" and job.retries_left == settings.job_retries - 1
+    assert "failed (database unavailable" in failing.stderr and "running them one by one" in failing.stderr
 
     time.sleep(1.5)  # the first retry interval
     env = service_env(redis_server.url, database_url, tmp_path, SYNCNOTIFY_LOG_LEVEL="INFO")

@@ -64,8 +64,8 @@ class Outcome:
     bad: list[tuple[Job | None, Payload, PermanentError]] = field(default_factory=list)
     #: set when the database or Redis was away: then nothing was stored
     transient: TransientError | None = None
-    #: jobs that must fail, each as if it had run alone, and why (see ``store_jobs``)
-    failing: list[tuple[Job | None, SyncNotifyError]] = field(default_factory=list)
+    #: jobs of one bad payload: each fails through RQ, as its own dead letter (see ``store_jobs``)
+    failing: list[tuple[Job | None, PermanentError]] = field(default_factory=list)
     dead_lettered: int = 0
 
     def summary(self) -> dict[str, int]:
@@ -79,39 +79,40 @@ def store_payloads(payloads: list[Payload]) -> dict[str, int]:
     In a job of several payloads, a bad one is dead-lettered alone and the others are stored; when a
     transient failure outlasts the retries, each payload is dead-lettered on its own.
     """
-    outcome = store_jobs(_connection(), [(get_current_job(), payloads)])
+    redis, job = _connection(), get_current_job()
+    outcome = store_jobs(redis, [(job, payloads)])
     if outcome.failing:
         raise outcome.failing[0][1]
+    transient = outcome.transient
+    if transient is not None:
+        if len(payloads) == 1 or must_retry(job):
+            raise transient
+        errors = {payload["id"]: error for _, payload, error in outcome.bad}
+        for payload in payloads:  # retries spent: each payload gets its own dead-letter entry
+            _dead_letter(redis, job, payload, errors.get(payload["id"], transient))
+        outcome.dead_lettered = len(payloads)
     return outcome.summary()
 
 
 def store_jobs(redis: Redis, parts: Sequence[JobPayloads]) -> Outcome:
-    """Store the payloads of one or more jobs together; dead-letter what must fail alone.
+    """Store the payloads of one or more jobs together, and dead-letter each bad payload alone.
 
-    A job fails (is listed in ``failing``, for RQ's failure handling) as if it had run alone: when its one
-    payload is bad (the job itself is then the dead letter), or on a transient failure while it has retries
-    left or holds one payload.  Otherwise a bad payload is dead-lettered alone, and when a transient
-    failure outlasts a job's retries, each of its payloads is dead-lettered on its own.
+    A job of one bad payload is not dead-lettered but listed in ``failing``: it is its own dead letter, to
+    fail through RQ.  On a transient failure (``transient`` set) nothing is stored nor dead-lettered.
     """
     outcome = store_parts(redis, parts)
-    transient = outcome.transient
+    if outcome.transient is not None:
+        return outcome
     for job, payloads in parts:
         own = [(payload, error) for j, payload, error in outcome.bad if j is job]
         if len(payloads) == 1 and own:
             payload, error = own[0]
             logger.warning("payload %s fails permanently: %s", payload["id"], error, extra=_fields(payload, job))
             outcome.failing.append((job, error))
-        elif transient is not None and (len(payloads) == 1 or must_retry(job)):
-            outcome.failing.append((job, transient))
-        elif transient is not None:  # retries spent: each payload gets its own dead-letter entry
-            errors = {payload["id"]: error for payload, error in own}
-            for payload in payloads:
-                _dead_letter(redis, job, payload, errors.get(payload["id"], transient))
-            outcome.dead_lettered += len(payloads)
-        else:
-            for payload, error in own:
-                _dead_letter(redis, job, payload, error)
-            outcome.dead_lettered += len(own)
+            continue
+        for payload, error in own:
+            _dead_letter(redis, job, payload, error)
+        outcome.dead_lettered += len(own)
     return outcome
 
 

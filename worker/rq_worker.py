@@ -5,15 +5,14 @@ ingress gathered into one Redis write -- one or two when posts arrive one at a t
 behind the one RQ hands over, the worker takes them too, up to ``batch_payloads`` payloads: it moves them to
 RQ's intermediate queue (as RQ's own dequeue does), registers them all as started in one Redis transaction,
 stores all their payloads in one database transaction (``worker.jobs.store_jobs``) and finishes them in one
-more.  A bad payload is still dead-lettered alone; the jobs caught by a transient failure fail through RQ's
-own handling, each as if it had run alone, and are retried later.
+more.  A bad payload is still dead-lettered alone; when the batch meets a transient failure, its jobs run
+again one by one, so that each fails, retries and is dead-lettered exactly as it would have alone.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -100,17 +99,26 @@ class SyncWorker(SimpleWorker):
         return taken
 
     def _execute_together(self, jobs: Sequence[Job], queue: Queue) -> None:
-        """Run the store jobs of ``jobs`` as one, then any other job alone, in its turn."""
+        """Run the store jobs of ``jobs`` as one, then any other job alone, in its turn.
+
+        When the batch meets a transient failure (or any unexpected one), each of its jobs runs again
+        alone at once, so that a job fails, retries and is dead-lettered exactly as without batches: a
+        flapping database must not spend the retries of every job that happened to share a batch.
+        """
         batch = [j for j in jobs if _payload_count(j) is not None]
         executions = self._start(batch, queue)
+        outcome = None
         try:
             with self._heartbeats(batch, executions):
                 with self.death_penalty_class(JOB_TIMEOUT_SECONDS, JobTimeoutException, job_id=batch[0].id):
                     outcome = store_jobs(self.connection, [(job, job.args[0]) for job in batch])
-        except Exception:  # noqa: BLE001 - as RQ would for each: every job of the batch fails, to be retried
-            exc_info = sys.exc_info()
+            failure: BaseException | None = outcome.transient
+        except Exception as exc:  # noqa: BLE001 - the jobs run again alone, where RQ handles it as usual
+            failure = exc
+        if outcome is None or failure is not None:
+            logger.warning("a batch of %d jobs failed (%s); running them one by one", len(batch), failure)
             for job, execution in zip(batch, executions, strict=True):
-                self._finalize_failure(job, queue, execution, exc_info)
+                self.perform_job(job, queue, execution)
         else:
             failing = {job.id: error for job, error in outcome.failing if job is not None}
             for job, execution in zip(batch, executions, strict=True):
