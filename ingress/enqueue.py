@@ -1,17 +1,20 @@
 """Posts → one Redis write per group of concurrent posts, or the spool while Redis cannot take them.
 
-Requests hand their payload to ``Enqueuer.submit`` and wait.  One background thread writes whatever has
-gathered since its last write as *one* RQ job in *one* Redis transaction (a group commit): under load many
-posts share a write, and a lone post is written at once, never waiting for a batch to fill.  The event loop
-never blocks on Redis.
+Requests hand their payload to ``Enqueuer.submit`` and wait.  One thread of its own does all of the
+ingress's Redis and spool work: it writes whatever has gathered since its last write as *one* RQ job in
+*one* Redis transaction (a group commit), and goes straight on to the next group, while the event loop is
+told of the finished one.  Under load many posts share a write; a lone post is written at once, never
+waiting for a batch to fill; writes stay in arrival order; the event loop never blocks on Redis.  Between
+writes, about once a second, the same thread refreshes the unsubscribe list and drains the spool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -63,18 +66,28 @@ def enqueue_payloads(
         # RQ would otherwise render every body into the description: CPU here, kilobytes in Redis
         description=f"store {len(payloads)} payload(s)",
     )
+    marks: dict[str, dict[str, float]] = {}  # one ZADD and one EXPIRE per subscription, not per payload
+    for payload in payloads:
+        for subscription_id in payload["subscription_ids"]:
+            key = inflight_key(payload["tenant"], subscription_id)
+            marks.setdefault(key, {})[payload["id"]] = payload["received_at"]
     queue = Queue(QUEUE_NAME, connection=redis)
     with redis.pipeline() as pipe:
         queue.enqueue_job(job, pipeline=pipe)  # first: it opens the MULTI block the marks then join
-        for payload in payloads:
-            for subscription_id in payload["subscription_ids"]:
-                key = inflight_key(payload["tenant"], subscription_id)
-                pipe.zadd(key, {payload["id"]: payload["received_at"]})
-                pipe.expire(key, INFLIGHT_TTL_SECONDS)
+        for key, members in marks.items():
+            pipe.zadd(key, members)
+            pipe.expire(key, INFLIGHT_TTL_SECONDS)
         if once_key is not None:
             pipe.set(once_key, job.id, ex=INFLIGHT_TTL_SECONDS)
         pipe.execute()
     return job
+
+
+#: Seconds between maintenance rounds (unsubscribe list, spool drain), and the least pause after one.
+MAINTENANCE_SECONDS = 1.0
+MAINTENANCE_PAUSE_SECONDS = 0.2
+
+_Waiting = tuple[Payload, "asyncio.Future[str]"]
 
 
 class Enqueuer:
@@ -86,55 +99,68 @@ class Enqueuer:
         self.spool = spool or Spool(settings.spool_dir)
         self.unsubscribed: frozenset[str] = frozenset()
         self.redis_ok = False  # until the first check in start()
-        self._pending: list[tuple[Payload, asyncio.Future[str]]] = []
-        self._wake = asyncio.Event()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
+        self._submitted: SimpleQueue[_Waiting | None] = SimpleQueue()  # None: stop
+        self._thread = threading.Thread(target=self._run, name="enqueue", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._maintain_sync)
-        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._maintain_loop())]
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._maintain_sync)
+        self._thread.start()
 
     async def stop(self) -> None:
-        self._closing = True
-        self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pending:  # answered nobody yet, but write them anyway: Exchange may have sent them once only
-            await self._write([p for p, _ in self._pending])
-        self._thread.shutdown(wait=True)
+        """Write what was submitted (answered or not: Exchange may have sent it once only), then close."""
+        if self._thread.is_alive():
+            self._submitted.put(None)
+            await asyncio.to_thread(self._thread.join)
         self.spool.close()
         self.redis.close()
 
     async def submit(self, payload: Payload) -> str:
         """Wait until ``payload`` is durable; return ``"queue"`` or ``"spool"``; raise ``SpoolError`` if neither."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((payload, future))
-        self._wake.set()
+        assert self._loop is not None, "submit() before start()"
+        future: asyncio.Future[str] = self._loop.create_future()
+        self._submitted.put((payload, future))
         return await future
 
-    async def _write_loop(self) -> None:
+    def _run(self) -> None:
+        """The enqueue thread: group writes until ``stop``, with a maintenance round when one is due."""
+        due = time.monotonic() + MAINTENANCE_SECONDS  # start() did the first round
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[: self.settings.batch_max]
-                del self._pending[: len(batch)]
+            now = time.monotonic()
+            if now >= due:
+                self._maintain_sync()
+                due = max(now + MAINTENANCE_SECONDS, time.monotonic() + MAINTENANCE_PAUSE_SECONDS)
+                continue
+            try:
+                item = self._submitted.get(timeout=due - now)
+            except Empty:
+                continue
+            batch: list[_Waiting] = []
+            while item is not None:  # everything gathered since the last write, up to batch_max
+                batch.append(item)
+                if len(batch) >= self.settings.batch_max:
+                    break
                 try:
-                    where = await self._write([p for p, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(where)
+                    item = self._submitted.get_nowait()
+                except Empty:
+                    break
+            if batch:
+                self._write_batch(batch)
+            if item is None:  # stop(): everything submitted before it is written now
+                return
 
-    async def _write(self, payloads: list[Payload]) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sync, payloads)
+    def _write_batch(self, batch: list[_Waiting]) -> None:
+        try:
+            where: str | None = self._write_sync([payload for payload, _ in batch])
+            error: BaseException | None = None
+        except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
+            where, error = None, exc
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_settle, batch, where, error)
+        except RuntimeError:  # the event loop is closed: nobody waits for these any more
+            pass
 
     def _write_sync(self, payloads: list[Payload]) -> str:
         """Queue if Redis takes it and nothing older waits in the spool (arrival order); else spool."""
@@ -170,13 +196,8 @@ class Enqueuer:
             if self.redis_ok:
                 logger.warning("Redis unavailable: %s", exc)
             self.redis_ok = False
-
-    async def _maintain_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            started = time.monotonic()
-            await loop.run_in_executor(self._thread, self._maintain_sync)
-            await asyncio.sleep(max(0.2, 1.0 - (time.monotonic() - started)))
+        except Exception:  # the next round tries again; the thread must live on to write the posts
+            logger.exception("maintenance round failed")
 
     def ready(self) -> dict[str, object]:
         """What ``/readyz`` reports."""
@@ -184,3 +205,15 @@ class Enqueuer:
             "redis": "ok" if self.redis_ok else "unavailable",
             "spool": {"writable": self.spool.writable(), "backlog": self.spool.backlog},
         }
+
+
+def _settle(batch: list[_Waiting], where: str | None, error: BaseException | None) -> None:
+    """On the event loop: answer the requests of a written batch."""
+    for _, future in batch:
+        if future.done():  # the request was cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert where is not None
+            future.set_result(where)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -28,6 +30,18 @@ ENQUEUE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 SPOOL_BACKLOG = Gauge("syncnotify_ingress_spool_backlog", "Payloads waiting in this process's spool", registry=REGISTRY)
+
+
+@cache
+def requests(status: int) -> Counter:
+    """``REQUESTS`` of one status (looked up once: ``labels`` costs more than the increment)."""
+    return REQUESTS.labels(str(status))
+
+
+@cache
+def enqueue_seconds(target: str) -> Histogram:
+    """``ENQUEUE_SECONDS`` of one target (``queue`` or ``spool``)."""
+    return ENQUEUE_SECONDS.labels(target)
 
 
 def render() -> bytes:

@@ -24,11 +24,11 @@ OK = _answer("OK")
 #: The answer that ends a subscription an operator unsubscribed.
 UNSUBSCRIBE = _answer("Unsubscribe")
 
-# <t:SubscriptionId>…</…>, with any prefix or none, and the error form <t:Value Name="SubscriptionId">…
-_SUBSCRIPTION_ID = re.compile(
-    rb"<(?:[A-Za-z_][\w.-]*:)?SubscriptionId\s*>\s*([^<\s]{1,512})"
-    rb"|Name\s*=\s*[\"']SubscriptionId[\"']\s*>\s*([^<\s]{1,512})"
-)
+# <t:SubscriptionId>…</…> with any prefix or none, and the error form <t:Value Name="SubscriptionId">…, each
+# with the id after it.  Two patterns, not one with ``|``: Python's re tries an alternation at every byte of
+# the body (twice the time on real payloads, ten times on a body of nothing but "SubscriptionId").
+_ELEMENT_FORM = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?SubscriptionId\s*>\s*([^<\s]{1,512})")
+_ATTRIBUTE_FORM = re.compile(rb"Name\s*=\s*[\"']SubscriptionId[\"']\s*>\s*([^<\s]{1,512})")
 #: A payload naming more subscriptions than this is unusual; the rest are left to the worker.
 MAX_SCANNED_IDS = 32
 
@@ -39,9 +39,9 @@ def scan_subscription_ids(body: bytes) -> list[str]:
     Garbage yields an empty list or garbage ids: the worker, which parses for real, decides.
     """
     found: dict[str, None] = {}
-    for match in _SUBSCRIPTION_ID.finditer(body):
-        raw = match.group(1) or match.group(2)
-        found[raw.decode("ascii", "replace")] = None
+    matches = sorted([*_ELEMENT_FORM.finditer(body), *_ATTRIBUTE_FORM.finditer(body)], key=re.Match.start)
+    for match in matches:
+        found[match.group(1).decode("ascii", "replace")] = None
         if len(found) >= MAX_SCANNED_IDS:
             break
     return list(found)

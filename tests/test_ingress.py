@@ -626,6 +626,32 @@ def test_checks_run_in_spec_order(
     assert_nothing_stored(redis, settings)
 
 
+def test_client_gone_mid_body_gets_no_answer_and_stores_nothing(make_settings: SettingsFactory, redis: Redis) -> None:
+    settings = make_settings()
+    app = create_app(settings)
+    sent: list[dict[str, Any]] = []
+    body = notification(1000)
+    messages = iter([{"type": "http.request", "body": body[:100], "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def post_then_vanish() -> None:
+        headers = [(name.lower().encode(), value.encode()) for name, value in EXCHANGE_HEADERS.items()]
+        scope = {"type": "http", "method": "POST", "path": NOTIFY, "query_string": b"", "headers": headers}
+        await app({**scope, "client": PEER}, receive, send)
+
+    with TestClient(app, client=PEER) as client:
+        assert client.portal is not None
+        client.portal.call(post_then_vanish)
+        assert_ok(post(client, body))  # and the next post is served as usual
+    assert sent == []
+    assert [p["body"] for p in queued_payloads(redis)] == [body]
+
+
 # --------------------------------------------------------------------------------------------------------
 # 4. X-Forwarded-For, believed only from trusted proxies
 # --------------------------------------------------------------------------------------------------------
