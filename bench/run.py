@@ -289,16 +289,19 @@ def worker_section(run: Run) -> None:
     _say(f"worker: planning {cfg.worker_notifications:,} notifications for {cfg.worker_subscriptions:,} rooms")
     work = workload(cfg.worker_notifications, cfg.worker_subscriptions, cfg.seed, Mix())
     results: dict[str, DrainResult] = {}
-    for label, database, workers, noop in (
-        ("noop-1", run.sqlite, 1, True),
-        ("noop-2", run.sqlite, 2, True),
-        ("sqlite-1", run.sqlite, 1, False),
-        ("sqlite-2", run.sqlite, 2, False),
-        ("postgresql-1", run.postgres, 1, False),
-        ("postgresql-2", run.postgres, 2, False),
+    for label, database, workers, noop, job_size in (
+        ("noop-1", run.sqlite, 1, True, cfg.job_size),
+        ("noop-2", run.sqlite, 2, True, cfg.job_size),
+        ("sqlite-1", run.sqlite, 1, False, cfg.job_size),
+        ("sqlite-2", run.sqlite, 2, False, cfg.job_size),
+        ("postgresql-1", run.postgres, 1, False, cfg.job_size),
+        ("postgresql-2", run.postgres, 2, False, cfg.job_size),
+        # a backlog of posts that arrived one at a time: a job each
+        ("noop-1-single", run.sqlite, 1, True, 1),
+        ("postgresql-1-single", run.postgres, 1, False, 1),
     ):
-        _say(f"worker: {label} draining {len(work.payloads):,} payloads")
-        results[label] = drain(label, run.redis, database, work, workers, cfg.job_size, run.work, noop=noop)
+        _say(f"worker: {label} draining {len(work.payloads):,} payloads, {job_size} a job")
+        results[label] = drain(label, run.redis, database, work, workers, job_size, run.work, noop=noop)
         _say(f"worker: {label}: {results[label].payloads_per_second:,.0f} notifications/s")
     add = run.figures.append
     noop1, noop2 = results["noop-1"], results["noop-2"]
@@ -372,6 +375,18 @@ def worker_section(run: Run) -> None:
                 "1 process / 2 processes; all processes (PSS) " + f"{one.tree_mib:.0f} / {two.tree_mib:.0f} MiB",
             )
         )
+    single, noop_single = results["postgresql-1-single"], results["noop-1-single"]
+    add(
+        Figure(
+            section,
+            "PostgreSQL, 1 process, 1 payload a job: notifications/s",
+            number(single.payloads_per_second),
+            f"no-op, 1 payload a job {number(noop_single.payloads_per_second)}",
+            ratio(single.payloads_per_second, noop_single.payloads_per_second),
+            "rows checked: 0 discrepancies",
+            single.ok,
+        )
+    )
     run.notes.append(
         f"Worker queue: {len(work.payloads):,} payloads (the {cfg.worker_notifications:,} notifications of "
         f"{cfg.worker_subscriptions:,} rooms + retry duplicates, {work.rows:,} rows) after an untimed warm-up with "
