@@ -107,25 +107,25 @@ class SyncWorker(SimpleWorker):
         """
         batch = [j for j in jobs if _payload_count(j) is not None]
         executions = self._start(batch, queue)
-        outcome = None
-        try:
-            with self._heartbeats(batch, executions):
+        with self._heartbeats(batch, executions):  # until the last of them is done, alone or not
+            failure: BaseException | None = None
+            try:
                 with self.death_penalty_class(JOB_TIMEOUT_SECONDS, JobTimeoutException, job_id=batch[0].id):
                     outcome = store_jobs(self.connection, [(job, job.args[0]) for job in batch])
-            failure: BaseException | None = outcome.transient
-        except Exception as exc:  # noqa: BLE001 - the jobs run again alone, where RQ handles it as usual
-            failure = exc
-        if outcome is None or failure is not None:
-            logger.warning("a batch of %d jobs failed (%s); running them one by one", len(batch), failure)
-            for job, execution in zip(batch, executions, strict=True):
-                self.perform_job(job, queue, execution)
-        else:
-            failing = {job.id: error for job, error in outcome.failing if job is not None}
-            for job, execution in zip(batch, executions, strict=True):
-                if job.id in failing:
-                    error = failing[job.id]
-                    self._finalize_failure(job, queue, execution, (type(error), error, error.__traceback__))
-            self._finish([(j, e) for j, e in zip(batch, executions, strict=True) if j.id not in failing])
+                failure = outcome.transient
+            except Exception as exc:  # noqa: BLE001 - the jobs run again alone, where RQ handles it as usual
+                failure = exc
+            if failure is not None:
+                logger.warning("a batch of %d jobs failed (%s); running them one by one", len(batch), failure)
+                for job, execution in zip(batch, executions, strict=True):
+                    self.perform_job(job, queue, execution)
+            else:
+                failing = {job.id: error for job, error in outcome.failing if job is not None}
+                for job, execution in zip(batch, executions, strict=True):
+                    if job.id in failing:
+                        error = failing[job.id]
+                        self._finalize_failure(job, queue, execution, (type(error), error, error.__traceback__))
+                self._finish([(j, e) for j, e in zip(batch, executions, strict=True) if j.id not in failing])
         self.set_state(WorkerStatus.IDLE)
         for job in jobs:
             if _payload_count(job) is None:
