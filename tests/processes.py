@@ -89,6 +89,7 @@ def queue_drained(redis: Redis) -> bool:
     # cleanup=False: a test must not do the registry maintenance the workers are being tested on
     return (
         queue.count == 0
+        and redis.llen(queue.intermediate_queue_key) == 0  # taken by a worker, not yet started
         and queue.started_job_registry.get_job_count(cleanup=False) == 0
         and queue.scheduled_job_registry.get_job_count(cleanup=False) == 0
     )

@@ -112,8 +112,11 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
     by_sub = chains(subscriptions=40, length=150)
     payloads = as_payloads(interleaved(by_sub))
     settings = Settings(redis_url=redis_server.url, database_url=database_url)
-    for start in range(0, len(payloads), 200):  # 30 jobs of 200 payloads (~0.15 s each): killed inside
-        enqueue_payloads(redis, payloads[start : start + 200], settings)
+    # 300 jobs of 20 payloads: a worker takes ten at a time (SYNCNOTIFY_BATCH_MAX 200, ~0.15 s a batch), so
+    # kills land inside batches, and between taking jobs and starting them
+    job_size = 20
+    for start in range(0, len(payloads), job_size):
+        enqueue_payloads(redis, payloads[start : start + job_size], settings)
     # the gap timeout outlasts the recovery (as the defaults do, 60 s and 40 s): a killed job's payloads
     # come back before their successors give up on them
     env = service_env(
@@ -144,7 +147,7 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
         (
             f"worker killed with SIGKILL at random moments ({db_name(database_url)})",
             f"{kills} kills ({mid_job} mid-job), 2 workers",
-            f"{len(payloads)} payloads in {len(payloads) // 200} jobs",
+            f"{len(payloads)} payloads in {len(payloads) // job_size} jobs, taken ten at a time",
             f"{rows} rows, 0 lost, 0 duplicated",
         )
     )
