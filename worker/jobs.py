@@ -1,9 +1,10 @@
 """The RQ job: parse each queued payload, store the batch, release the in-flight marks.
 
-A job carries several payloads (all posts the ingress gathered into one Redis write).  They are stored in
-one database transaction; a payload that cannot be stored fails alone: it is split off into a job of its
-own, which fails with a located ``PermanentError`` and so lands, by itself, in RQ's failed-job registry
-(the dead-letter queue).
+A job carries several payloads (all posts the ingress gathered into one Redis write), and a worker may run
+several waiting jobs together (``store_jobs``, see ``worker.rq_worker``).  Their payloads are stored in one
+database transaction; a payload that cannot be stored fails alone: it is split off into a job of its own,
+which fails with a located ``PermanentError`` and so lands, by itself, in RQ's failed-job registry (the
+dead-letter queue).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def store_payloads(payloads: list[Payload]) -> dict[str, int]:
         raise outcome.failing[0][1]
     transient = outcome.transient
     if transient is not None:
-        if len(payloads) == 1 or must_retry(job):
+        if len(payloads) == 1 or _may_retry(job):
             raise transient
         errors = {payload["id"]: error for _, payload, error in outcome.bad}
         for payload in payloads:  # retries spent: each payload gets its own dead-letter entry
@@ -123,10 +124,8 @@ def store_parts(redis: Redis, parts: Sequence[JobPayloads]) -> Outcome:
     """
     outcome = Outcome()
     deliveries: list[Delivery] = []
-    job_of: dict[str, Job | None] = {}
     for job, payloads in parts:
         for payload in payloads:
-            job_of[payload["id"]] = job
             try:
                 parsed = parse_payload(payload["body"])
             except PermanentError as exc:
@@ -159,7 +158,7 @@ def store_parts(redis: Redis, parts: Sequence[JobPayloads]) -> Outcome:
     return outcome
 
 
-def must_retry(job: Job | None) -> bool:
+def _may_retry(job: Job | None) -> bool:
     return job is not None and bool(job.should_retry)
 
 
