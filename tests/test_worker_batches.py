@@ -153,16 +153,17 @@ def test_jobs_a_dead_worker_took_but_never_started_are_queued_again(
     queue = Queue(QUEUE_NAME, connection=redis)
     first, second = (enqueue_payloads(redis, [p], settings) for p in chained_payloads({"taken": 2}))
     assert first is not None and second is not None
-    # what a worker does when it takes jobs: move them to RQ's intermediate queue; it then dies
+    # two jobs taken by workers (moved to RQ's intermediate queue); the one that took the first dies
     redis.lmove(queue.key, queue.intermediate_queue_key)
     redis.lmove(queue.key, queue.intermediate_queue_key)
-    # the second was started by a live worker (it is in the started registry): not to be touched
+    assert requeue_abandoned(queue) == []  # first seen: a live worker may be about to start them
+    # meanwhile a live worker starts the second (it is in the started registry): not to be touched
     with redis.pipeline() as pipe:
         Execution.create(second, ttl=60, pipeline=pipe)
         pipe.execute()
-
-    assert requeue_abandoned(queue) == []  # first seen: a live worker may be about to start them
     time.sleep(1.1)
     assert requeue_abandoned(queue) == [first.id]
     assert queue.job_ids == [first.id]
     assert redis.lrange(queue.intermediate_queue_key, 0, -1) == [second.id.encode()]
+    # neither is remembered as seen waiting any more (a retry of either starts afresh)
+    assert not any(redis.exists(queue.intermediate_queue.get_first_seen_key(j.id)) for j in (first, second))

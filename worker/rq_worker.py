@@ -140,6 +140,7 @@ class SyncWorker(SimpleWorker):
                 job.prepare_for_execution(self.name, pipeline=pipe)
                 pipe.persist(job.key)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))  # see _requeue_untaken
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self.heartbeat(ttl, pipeline=pipe)
             pipe.execute()
@@ -264,7 +265,10 @@ def _requeue_untaken(queue: Queue) -> list[str]:
     started = set(queue.started_job_registry.get_job_ids(cleanup=False)) if waiting else set()
     requeued = []
     for job_id in waiting:
-        if job_id in started or intermediate.set_first_seen(job_id):
+        if job_id in started:  # a live worker started it: forget that it was seen waiting
+            queue.connection.delete(intermediate.get_first_seen_key(job_id))
+            continue
+        if intermediate.set_first_seen(job_id):
             continue
         seen = intermediate.get_first_seen(job_id)
         if seen is None or (now() - seen).total_seconds() < 1:
