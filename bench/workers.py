@@ -20,21 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq import Callback, Queue, Retry, Worker
-from rq.job import Job
+from rq import Queue, Worker
 
 from bench import services
 from bench.exchange import Mailbox, Mix, mailboxes
 from bench.verify import Expected, VerifyReport, expected_of, verify
-from shared.queues import (
-    FAILURE_CALLBACK,
-    INFLIGHT_TTL_SECONDS,
-    JOB_TIMEOUT_SECONDS,
-    QUEUE_NAME,
-    RETRY_INTERVALS,
-    STORE_JOB,
-    inflight_key,
-)
+from ingress.enqueue import add_to_queue, payloads_job
+from shared.queues import QUEUE_NAME, STORE_JOB
+from shared.settings import Settings
 from shared.types import Payload
 
 NOOP_JOB = "bench.noop.noop"
@@ -132,29 +125,14 @@ class DrainResult:
 
 
 def _push(redis: Redis, payloads: list[Payload], job_size: int, func: str, job_retries: int = 8) -> tuple[int, float]:
-    """Push every job in one transaction; return (jobs, when the transaction was sent)."""
+    """Push every job, as the ingress writes it, in one transaction; return (jobs, when it was sent)."""
     queue = Queue(QUEUE_NAME, connection=redis)
-    retry = Retry(max=job_retries, interval=RETRY_INTERVALS)
+    settings = Settings(job_retries=job_retries)
     jobs = 0
     with redis.pipeline() as pipe:
         for start in range(0, len(payloads), job_size):
             group = payloads[start : start + job_size]
-            job = Job.create(
-                func,
-                args=(group,),
-                connection=redis,
-                timeout=JOB_TIMEOUT_SECONDS,
-                result_ttl=0,
-                failure_ttl=30 * 86400,
-                on_failure=Callback(FAILURE_CALLBACK),
-                retry=retry,
-                meta={"tenants": [TENANT], "payloads": len(group)},
-            )
-            queue.enqueue_job(job, pipeline=pipe)
-            for payload in group:
-                key = inflight_key(payload["tenant"], payload["subscription_ids"][0])
-                pipe.zadd(key, {payload["id"]: payload["received_at"]})
-                pipe.expire(key, INFLIGHT_TTL_SECONDS)
+            add_to_queue(pipe, queue, payloads_job(redis, group, settings, func), group)
             jobs += 1
         sent = time.perf_counter()
         pipe.execute()

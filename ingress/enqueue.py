@@ -17,6 +17,7 @@ import time
 from queue import Empty, SimpleQueue
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 from rq.job import Job
@@ -50,11 +51,22 @@ def enqueue_payloads(
     """
     if once_key is not None and redis.exists(once_key):
         return None
+    job = payloads_job(redis, payloads, settings)
+    with redis.pipeline() as pipe:
+        add_to_queue(pipe, Queue(QUEUE_NAME, connection=redis), job, payloads)
+        if once_key is not None:
+            pipe.set(once_key, job.id, ex=INFLIGHT_TTL_SECONDS)
+        pipe.execute()
+    return job
+
+
+def payloads_job(redis: Redis, payloads: list[Payload], settings: Settings, func: str = STORE_JOB) -> Job:
+    """The queue job that carries ``payloads`` to ``func`` (the store job; the bench swaps in a no-op)."""
     # RQ counts intervals from the end of the list when it is longer than the retries: cut it to size
     retries = settings.job_retries
     retry = Retry(max=retries, interval=RETRY_INTERVALS[:retries]) if retries else None
-    job = Job.create(
-        STORE_JOB,
+    return Job.create(
+        func,
         args=(payloads,),
         connection=redis,
         timeout=JOB_TIMEOUT_SECONDS,
@@ -66,21 +78,19 @@ def enqueue_payloads(
         # RQ would otherwise render every body into the description: CPU here, kilobytes in Redis
         description=f"store {len(payloads)} payload(s)",
     )
+
+
+def add_to_queue(pipe: Pipeline, queue: Queue, job: Job, payloads: list[Payload]) -> None:
+    """Queue ``job`` and mark its payloads in flight, in the transaction of ``pipe`` (see ``worker.store``)."""
     marks: dict[str, dict[str, float]] = {}  # one ZADD and one EXPIRE per subscription, not per payload
     for payload in payloads:
         for subscription_id in payload["subscription_ids"]:
             key = inflight_key(payload["tenant"], subscription_id)
             marks.setdefault(key, {})[payload["id"]] = payload["received_at"]
-    queue = Queue(QUEUE_NAME, connection=redis)
-    with redis.pipeline() as pipe:
-        queue.enqueue_job(job, pipeline=pipe)  # first: it opens the MULTI block the marks then join
-        for key, members in marks.items():
-            pipe.zadd(key, members)
-            pipe.expire(key, INFLIGHT_TTL_SECONDS)
-        if once_key is not None:
-            pipe.set(once_key, job.id, ex=INFLIGHT_TTL_SECONDS)
-        pipe.execute()
-    return job
+    queue.enqueue_job(job, pipeline=pipe)  # first: it opens the MULTI block the marks then join
+    for key, members in marks.items():
+        pipe.zadd(key, members)
+        pipe.expire(key, INFLIGHT_TTL_SECONDS)
 
 
 #: Seconds between maintenance rounds (unsubscribe list, spool drain), and the least pause after one.
