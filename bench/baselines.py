@@ -6,7 +6,7 @@
   the database (``SYNCNOTIFY_DATABASE_URL``) inside the request, in the thread pool, before answering.
 
 ``python -m bench.baselines bare|naive --port P`` serves one of them.  The server settings are not copied:
-``worker.cli.cmd_ingress`` itself runs, with ``uvicorn.run`` redirected to the baseline's app factory, so
+``syncnotify.cli.cmd_ingress`` itself runs, with ``uvicorn.run`` redirected to the baseline's app factory, so
 whatever settings the ingress gets (keep-alive, concurrency limit, backlog, logging), the baselines get too.
 """
 
@@ -115,7 +115,7 @@ def serve(kind: str, host: str, port: int) -> int:
     """Serve baseline ``kind`` through ``cmd_ingress`` (so with the ingress's uvicorn settings)."""
     import uvicorn
 
-    from worker import cli
+    from syncnotify import cli
 
     real_run = uvicorn.run
 

@@ -17,8 +17,8 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.http import HTTPError, Target, connect, new_event_loop
-from bench.payloads import CONTENT_TYPE, SOAP_ACTION, Event, notification_body
+from syncnotify.simulator.client import HTTPError, Target, connect, new_event_loop
+from syncnotify.simulator.payloads import CONTENT_TYPE, SOAP_ACTION, Event, notification_body
 
 #: The one subscription all load requests belong to (its in-flight set on Redis counts stored payloads).
 LOAD_SUBSCRIPTION = "QkVOQ0gtTE9BRDo6bWJ4LXJvb20tbG9hZEBiZW5jaC5pbnZhbGlk"
@@ -165,7 +165,7 @@ def _part(url: str, connections: int, seconds: float, client: str, offset: int) 
 
 def own_generator(url: str, connections: int, seconds: float, client: str = "raw", processes: int = 2) -> LoadResult:
     """Our closed-loop generator: ``connections`` split over ``processes`` spawned processes."""
-    from bench.simulate import percentile
+    from syncnotify.simulator.fleet import percentile
 
     processes = max(1, min(processes, connections))
     shares = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]

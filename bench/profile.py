@@ -26,9 +26,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from bench import load, services
-from bench.exchange import Mix
 from bench.workers import _drained, _push, workload
 from shared.queues import STORE_JOB
+from syncnotify.simulator.mailboxes import Mix
 
 PATH = "/Webservices/SyncNotification.svc"
 
@@ -125,7 +125,7 @@ def profile_worker(work: Path, database: str, notifications: int, job_size: int)
                 # ``--child`` is the worker process itself (``syncnotify worker`` supervises such children)
                 command = [*services.SYNCNOTIFY, "worker", "--child", "--burst"]
                 if how == "cprofile":
-                    command = [sys.executable, "-m", "cProfile", "-o", str(output), "-m", "worker.cli", *command[3:]]
+                    command = [sys.executable, "-m", "cProfile", "-o", str(output), "-m", "syncnotify", *command[3:]]
                 started = time.perf_counter()
                 with services.running(command, env, work / f"worker-{how}.log") as process:
                     spy = _attach(process.pid, output, "--idle") if how == "py-spy" else None

@@ -31,10 +31,10 @@ from pathlib import Path
 from types import FrameType
 
 from bench import load, services
-from bench.exchange import Mix
 from bench.report import Figure, machine, markdown_section, number, ratio, text_table, write_section
-from bench.simulate import SimulateOptions, SimulationReport, simulate
 from bench.workers import DrainResult, drain, workload
+from syncnotify.simulator.fleet import SimulateOptions, SimulationReport, simulate
+from syncnotify.simulator.mailboxes import Mix
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 CONNECTIONS = 64
@@ -272,8 +272,8 @@ def ingress_section(run: Run) -> None:
 def _row_count(database: str) -> int:
     from sqlalchemy import func, select
 
-    from bench.verify import engine_for
     from shared.schema import notifications
+    from syncnotify.simulator.verify import engine_for
 
     engine = engine_for(database)
     try:

@@ -28,7 +28,7 @@ import psycopg
 from redis import Redis
 
 REPO = Path(__file__).resolve().parent.parent
-SYNCNOTIFY = [sys.executable, "-m", "worker.cli"]
+SYNCNOTIFY = [sys.executable, "-m", "syncnotify"]
 PG_ADMIN_URL = os.environ.get("SYNCNOTIFY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 _PR_SET_PDEATHSIG = 1
 
@@ -188,7 +188,7 @@ def empty_tables(database_url: str) -> None:
     """Remove every row the product wrote (between measurements on one database)."""
     from sqlalchemy import text
 
-    from bench.verify import engine_for
+    from syncnotify.simulator.verify import engine_for
 
     engine = engine_for(database_url)
     try:

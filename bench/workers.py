@@ -23,12 +23,12 @@ from redis import Redis
 from rq import Queue, Worker
 
 from bench import services
-from bench.exchange import Mailbox, Mix, mailboxes
-from bench.verify import Expected, VerifyReport, expected_of, verify
-from ingress.enqueue import add_to_queue, payloads_job
 from shared.queues import QUEUE_NAME, STORE_JOB
 from shared.settings import Settings
+from shared.store_job import add_to_queue, payloads_job
 from shared.types import Payload
+from syncnotify.simulator.mailboxes import Mailbox, Mix, mailboxes
+from syncnotify.simulator.verify import Expected, VerifyReport, expected_of, verify
 
 NOOP_JOB = "bench.noop.noop"
 TENANT = "Default"

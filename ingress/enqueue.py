@@ -17,80 +17,16 @@ import time
 from queue import Empty, SimpleQueue
 
 from redis import Redis
-from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq import Callback, Queue, Retry
-from rq.job import Job
 
+from ingress.spool import Spool
 from shared.errors import SpoolError
-from shared.queues import (
-    FAILURE_CALLBACK,
-    INFLIGHT_TTL_SECONDS,
-    JOB_TIMEOUT_SECONDS,
-    QUEUE_NAME,
-    RETRY_INTERVALS,
-    STORE_JOB,
-    UNSUBSCRIBED_KEY,
-    inflight_key,
-    spooled_key,
-)
+from shared.queues import UNSUBSCRIBED_KEY, spooled_key
 from shared.settings import Settings
-from shared.spool import Spool
+from shared.store_job import enqueue_payloads
 from shared.types import Payload
 
 logger = logging.getLogger(__name__)
-
-
-def enqueue_payloads(
-    redis: Redis, payloads: list[Payload], settings: Settings, once_key: str | None = None
-) -> Job | None:
-    """Put ``payloads`` on the queue as one job, with their in-flight marks, in one Redis transaction.
-
-    With ``once_key``, a second call with the same key enqueues nothing (and returns None): the key is
-    written in the same transaction as the job.  The spool's drain uses it to queue each chunk once.
-    """
-    if once_key is not None and redis.exists(once_key):
-        return None
-    job = payloads_job(redis, payloads, settings)
-    with redis.pipeline() as pipe:
-        add_to_queue(pipe, Queue(QUEUE_NAME, connection=redis), job, payloads)
-        if once_key is not None:
-            pipe.set(once_key, job.id, ex=INFLIGHT_TTL_SECONDS)
-        pipe.execute()
-    return job
-
-
-def payloads_job(redis: Redis, payloads: list[Payload], settings: Settings, func: str = STORE_JOB) -> Job:
-    """The queue job that carries ``payloads`` to ``func`` (the store job; the bench swaps in a no-op)."""
-    # RQ counts intervals from the end of the list when it is longer than the retries: cut it to size
-    retries = settings.job_retries
-    retry = Retry(max=retries, interval=RETRY_INTERVALS[:retries]) if retries else None
-    return Job.create(
-        func,
-        args=(payloads,),
-        connection=redis,
-        timeout=JOB_TIMEOUT_SECONDS,
-        result_ttl=0,
-        failure_ttl=settings.dlq_retention_days * 86400,
-        on_failure=Callback(FAILURE_CALLBACK),
-        retry=retry,
-        meta={"tenants": sorted({p["tenant"] for p in payloads}), "payloads": len(payloads)},
-        # RQ would otherwise render every body into the description: CPU here, kilobytes in Redis
-        description=f"store {len(payloads)} payload(s)",
-    )
-
-
-def add_to_queue(pipe: Pipeline, queue: Queue, job: Job, payloads: list[Payload]) -> None:
-    """Queue ``job`` and mark its payloads in flight, in the transaction of ``pipe`` (see ``worker.store``)."""
-    marks: dict[str, dict[str, float]] = {}  # one ZADD and one EXPIRE per subscription, not per payload
-    for payload in payloads:
-        for subscription_id in payload["subscription_ids"]:
-            key = inflight_key(payload["tenant"], subscription_id)
-            marks.setdefault(key, {})[payload["id"]] = payload["received_at"]
-    queue.enqueue_job(job, pipeline=pipe)  # first: it opens the MULTI block the marks then join
-    for key, members in marks.items():
-        pipe.zadd(key, members)
-        pipe.expire(key, INFLIGHT_TTL_SECONDS)
 
 
 #: Seconds between maintenance rounds (unsubscribe list, spool drain), and the least pause after one.

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications
 
-SYNCNOTIFY = [sys.executable, "-m", "worker.cli"]
+SYNCNOTIFY = [sys.executable, "-m", "syncnotify"]
 
 
 def service_env(redis_url: str, database_url: str, tmp: Path, **extra: str) -> dict[str, str]:

@@ -2,8 +2,8 @@
 Redis and both databases, and looked at in a real headless browser: Debian's chromium.
 
 The data is put in the way the system itself puts it: rows and subscriptions through ``worker.store``, a gap
-through ``sweep``, an unsubscribe through ``worker.status``, a dead-letter entry through ``worker.dlq``, a
-queued job through the ingress's ``enqueue_payloads`` and a spooled payload through ``shared.spool``.  What
+through ``sweep``, an unsubscribe through ``syncnotify.status``, a dead-letter entry through ``syncnotify.dlq``, a
+queued job through the ingress's ``enqueue_payloads`` and a spooled payload through ``ingress.spool``.  What
 the browser rendered is parsed with the standard library's ``html.parser`` and checked by its structure.
 """
 
@@ -27,18 +27,18 @@ from redis import Redis
 from sqlalchemy import Engine, update
 from starlette.exceptions import StarletteDeprecationWarning
 
-from ingress.enqueue import enqueue_payloads
+from ingress.spool import Spool
+from shared import store_job
 from shared.schema import notifications, subscriptions
 from shared.settings import Settings
-from shared.spool import Spool
+from shared.store_job import enqueue_payloads
 from shared.types import Payload
+from syncnotify.admin.app import create_admin_app, render, rows_per_minute, snapshot
+from syncnotify.status import unsubscribe
 from tests.conftest import RedisServer, free_port
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, error_message, make_event, make_notification, watermark
 from tests.processes import row_count, service_env, started, wait_http
-from worker import dlq
-from worker.admin import create_admin_app, render, rows_per_minute, snapshot
 from worker.parse import parse_payload
-from worker.status import unsubscribe
 from worker.store import Delivery, store, sweep
 
 with warnings.catch_warnings():
@@ -134,7 +134,7 @@ def seed(engine: Engine, redis: Redis, redis_url: str, database_url: str, spool_
         )
 
     broken = payload(b"<?xml version='1.0'?><soap11:Envelope><broken>", [])
-    dlq.dead_letter(redis, broken, "malformed_xml", "payload is not well-formed XML: mismatched tag", 1, 3600)
+    store_job.dead_letter(redis, broken, "malformed_xml", "payload is not well-formed XML: mismatched tag", 1, 3600)
     settings = Settings(redis_url=redis_url, database_url=database_url, _env_file=None)
     queued = make_notification(SUBSCRIPTION_A, watermark(1003), [make_event("Modified", watermark(1004))])
     enqueue_payloads(redis, [payload(queued, [SUBSCRIPTION_A])], settings)

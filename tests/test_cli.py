@@ -13,8 +13,8 @@ import pytest
 from redis import Redis
 from sqlalchemy import select
 
-from shared.redis_server import reachable, start_redis
 from shared.schema import make_engine, notifications
+from syncnotify.redis_server import reachable, start_redis
 from tests.conftest import SAMPLES, RedisServer, free_port
 from tests.processes import SYNCNOTIFY, run, service_env, wait_for, wait_http
 
@@ -113,8 +113,8 @@ def test_help_lists_every_command() -> None:
 def test_json_logs_carry_job_and_payload_fields_and_never_the_payload(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    from ingress.enqueue import enqueue_payloads
     from shared.settings import Settings
+    from shared.store_job import enqueue_payloads
     from shared.types import Payload
     from tests.processes import service_env
 

@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-CLI_MODULE = ROOT / "worker" / "cli.py"
 PYPROJECT = ROOT / "pyproject.toml"
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -255,15 +254,14 @@ def _cli_cases() -> list[Any]:
     return cases
 
 
-@pytest.mark.skipif(not CLI_MODULE.exists(), reason="worker/cli.py (the syncnotify CLI) does not exist yet")
 @pytest.mark.parametrize("argv", _cli_cases())
 def test_every_command_is_a_syncnotify_subcommand_the_cli_knows(argv: list[str]) -> None:
     assert argv[0] == "syncnotify", f"{argv} does not run syncnotify"
     subcommand = _subcommand(argv)
     assert subcommand, f"{argv} names no subcommand"
-    # Exactly what the installed `syncnotify` console script does (worker.cli:main with argv), so the
-    # check holds whether or not worker/cli.py has an `if __name__ == "__main__"` guard.
-    runner = "import sys; from worker.cli import main; sys.argv = sys.argv[1:]; sys.exit(main())"
+    # Exactly what the installed `syncnotify` console script does (syncnotify.cli:main with argv), so the
+    # check holds whatever the module's `__main__` does.
+    runner = "import sys; from syncnotify.cli import main; sys.argv = sys.argv[1:]; sys.exit(main())"
     result = subprocess.run(
         [sys.executable, "-c", runner, "syncnotify", *subcommand, "--help"],
         cwd=ROOT,
@@ -691,7 +689,7 @@ def _repo_path_of(service: dict[str, Any], container_path: str) -> Path | None:
 
 def _cli_args(service: dict[str, Any]) -> argparse.Namespace:
     """The service's command as the syncnotify CLI itself parses it: its options with the CLI's defaults."""
-    from worker.cli import build_parser
+    from syncnotify.cli import build_parser
 
     argv = _command(service)
     assert argv[0] == "syncnotify", f"{argv} does not run syncnotify"
@@ -799,11 +797,12 @@ def dashboard() -> dict[str, Any]:
 @pytest.fixture
 def exported(redis: Redis, tmp_path: Path) -> dict[str, Series]:
     """Every series name syncnotify serves on a /metrics endpoint, from the code itself: the ingress registry's
-    metrics, the workers' module-level metrics, and the gauges worker.metrics.QueueCollector yields (collected
+    metrics, the workers' module-level metrics, and the gauges syncnotify.metrics.QueueCollector yields (collected
     from a real Redis and a migrated SQLite database, so nothing is guessed from source text)."""
     import prometheus_client
 
     import ingress.metrics
+    import syncnotify.metrics
     import worker.metrics
     from shared.db import upgrade
     from shared.schema import make_engine
@@ -817,7 +816,7 @@ def exported(redis: Redis, tmp_path: Path) -> dict[str, Series]:
     engine = make_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
     try:
         upgrade(engine)
-        for family in worker.metrics.QueueCollector(redis, engine).collect():
+        for family in syncnotify.metrics.QueueCollector(redis, engine).collect():
             values: dict[str, set[str]] = {}
             for sample in family.samples:
                 for label, value in sample.labels.items():

@@ -23,11 +23,11 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import Engine, select
 
-from ingress.enqueue import enqueue_payloads
 from ingress.soap import scan_subscription_ids
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications
 from shared.settings import Settings
+from shared.store_job import enqueue_payloads
 from shared.types import Payload
 from tests.conftest import PG_ADMIN_URL, RedisServer, free_port
 from tests.payloads import make_event, make_notification, watermark

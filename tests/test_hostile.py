@@ -18,12 +18,13 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import Engine, func, select
 
+from shared import store_job
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications
+from syncnotify import dlq
 from tests.conftest import SAMPLES, RedisServer, free_port
 from tests.payloads import SUBSCRIPTION_A, make_event, make_notification, watermark
 from tests.processes import children_of, db_name, queue_drained, service_env, started, wait_for, wait_http
-from worker import dlq
 
 SOAP_ACTION = "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"
 HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION}
@@ -128,7 +129,7 @@ def test_hostile_corpus_gets_clear_answers_and_loses_nothing(
                 acked[name] = expected
     dead = [e for e in acked.values() if e != "stored"]
     wait_for(
-        lambda: queue_drained(redis) and dlq.registry(redis).get_job_count(cleanup=False) == len(dead),
+        lambda: queue_drained(redis) and store_job.dead_letters(redis).get_job_count(cleanup=False) == len(dead),
         60,
         "every acked payload stored or dead-lettered",
     )

@@ -21,12 +21,13 @@ import pytest
 from redis import Redis
 from sqlalchemy import Engine, select, update
 
+from shared import store_job
 from shared.schema import notifications, subscriptions
 from shared.types import Payload
+from syncnotify import dlq
 from tests.conftest import SAMPLES, RedisServer, free_port
 from tests.payloads import make_event, make_notification, watermark
 from tests.processes import run, service_env, started, wait_for, wait_http
-from worker import dlq
 
 SOAP_HEADERS = {
     "Content-Type": "text/xml; charset=utf-8",
@@ -114,7 +115,7 @@ def test_malformed_sample_is_listed_shown_replayed_and_purged(
     assert str(entry["id"]) in human.stdout and "malformed_xml" in human.stdout
 
     shown = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "dlq", "show", str(entry["id"])],
+        [sys.executable, "-m", "syncnotify", "dlq", "show", str(entry["id"])],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -242,8 +243,8 @@ def test_dlq_filters_and_json(redis_server: RedisServer, redis: Redis, tmp_path:
         subscription_ids=["s2"],
         body=b"\xff\xfe junk",
     )
-    dlq.dead_letter(redis, old, "not_send_notification", "payload has no SOAP Envelope", 1, 3600)
-    dlq.dead_letter(redis, new, "not_xml", "payload is not XML", 1, 3600)
+    store_job.dead_letter(redis, old, "not_send_notification", "payload has no SOAP Envelope", 1, 3600)
+    store_job.dead_letter(redis, new, "not_xml", "payload is not XML", 1, 3600)
     assert len(cli_json(env, tmp_path, "dlq", "list")) == 2  # type: ignore[arg-type]
     assert [e["tenant"] for e in cli_json(env, tmp_path, "dlq", "list", "--tenant", "other")] == ["Other"]  # type: ignore[union-attr]
     assert [e["error_class"] for e in cli_json(env, tmp_path, "dlq", "list", "--error", "not_xml")] == ["not_xml"]  # type: ignore[union-attr]
@@ -278,10 +279,10 @@ def test_replaying_many_entries_never_holds_them_all_in_memory(redis: Redis) -> 
         payload = Payload(
             id=f"{i:032x}", tenant="Default", received_at=1.7e9 + i, source="127.0.0.1", subscription_ids=[], body=body
         )
-        dlq.dead_letter(redis, payload, "transient", "database unavailable", 9, 3600)
-    assert dlq.registry(redis).count == count
+        store_job.dead_letter(redis, payload, "transient", "database unavailable", 9, 3600)
+    assert store_job.dead_letters(redis).count == count
     tracemalloc.start()
-    outcome, _ = dlq.replay(redis, dlq.select(redis, None, dlq.Filter()), retries=2, dry_run=True)
+    outcome, _ = dlq.replay(redis, dlq.matching(redis, None, dlq.Filter()), retries=2, dry_run=True)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert outcome.selected == count
@@ -302,8 +303,8 @@ def test_sqlite_outage_helper_really_locks(tmp_path: Path, request: pytest.Fixtu
 def test_dead_letters_are_kept_for_the_retention_days_not_rqs_year(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    from ingress.enqueue import enqueue_payloads
     from shared.settings import Settings
+    from shared.store_job import enqueue_payloads
 
     settings = Settings(redis_url=redis_server.url, dlq_retention_days=3, database_url=f"sqlite:///{tmp_path / 'r.db'}")
     payload = Payload(
@@ -313,7 +314,7 @@ def test_dead_letters_are_kept_for_the_retention_days_not_rqs_year(
     env = service_env(redis_server.url, f"sqlite:///{tmp_path / 'r.db'}", tmp_path, SYNCNOTIFY_DLQ_RETENTION_DAYS="3")
     assert run(["db", "upgrade"], env, tmp_path).returncode == 0
     assert run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path).returncode == 0
-    (job_id,) = dlq.registry(redis).get_job_ids()
-    expires = redis.zscore(dlq.registry(redis).key, job_id)
+    (job_id,) = store_job.dead_letters(redis).get_job_ids()
+    expires = redis.zscore(store_job.dead_letters(redis).key, job_id)
     assert expires is not None and abs(expires - (time.time() + 3 * 86400)) < 120
     assert abs(redis.ttl(f"rq:job:{job_id}") - 3 * 86400) < 120

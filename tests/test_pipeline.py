@@ -13,10 +13,10 @@ from rq import Queue
 from rq.job import Job
 from sqlalchemy import Engine, select
 
-from ingress.enqueue import enqueue_payloads
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications, subscriptions
 from shared.settings import Settings
+from shared.store_job import enqueue_payloads
 from tests.conftest import SAMPLES, SEED_SUBSCRIPTION, RedisServer, free_port
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, chained_payloads, watermark
 from tests.processes import queue_drained, row_count, run, service_env, started, wait_for, wait_http

@@ -9,10 +9,10 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from ingress.enqueue import enqueue_payloads
+from ingress.spool import Spool
 from shared.queues import QUEUE_NAME, spooled_key
 from shared.settings import Settings
-from shared.spool import Spool
+from shared.store_job import enqueue_payloads
 from shared.types import Payload
 from tests.conftest import RedisServer
 

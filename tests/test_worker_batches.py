@@ -1,4 +1,4 @@
-"""A worker takes the jobs waiting in the queue together (``worker.rq_worker``): one transaction for all,
+"""A worker takes the jobs waiting in the queue together (``worker.batching``): one transaction for all,
 while a bad payload still fails alone and a transient failure still retries each job on its own."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from rq.executions import Execution
 from rq.job import Job
 from sqlalchemy import Engine
 
-from ingress.enqueue import enqueue_payloads
 from shared.queues import QUEUE_NAME
 from shared.settings import Settings
+from shared.store_job import enqueue_payloads
 from shared.types import Payload
 from tests.conftest import SAMPLES, RedisServer
 from tests.payloads import chained_payloads, watermark
 from tests.processes import queue_drained, row_count, run, service_env, wait_for
 from tests.test_pipeline import seqs
-from worker.rq_worker import requeue_abandoned
+from worker.recovery import requeue_abandoned
 
 
 def _bad(tenant: str = "Default") -> Payload:

@@ -2,25 +2,12 @@
 
 Several worker processes share one scrape target: ``syncnotify worker`` points ``PROMETHEUS_MULTIPROC_DIR``
 at a folder of its own before any worker imports this module, and serves the sum of all of them (see
-``worker.runner.serve_metrics``).
+``syncnotify.metrics``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Iterator
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
-from redis import Redis
-from rq import Queue, Worker
-from sqlalchemy import Engine
-
-from shared.queues import QUEUE_NAME
-from shared.schema import SUBSCRIPTION_STATES
-
-logger = logging.getLogger(__name__)
+from prometheus_client import Counter, Histogram
 
 EVENTS_STORED = Counter("syncnotify_events_stored", "Item/folder event rows stored")
 DUPLICATES = Counter("syncnotify_duplicates_dropped", "Events delivered again and dropped (already stored)")
@@ -34,46 +21,3 @@ RECEIPT_TO_ROW = Histogram(
     "Seconds from the ingress receiving a payload to its rows being committed",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-
-
-class QueueCollector:
-    """Gauges read at scrape time: the queue, the dead-letter queue and the subscriptions by shown state."""
-
-    def __init__(self, redis: Redis, engine: Engine) -> None:
-        self.redis = redis
-        self.engine = engine
-
-    def collect(self) -> Iterator[Metric]:
-        from worker import status  # status imports this module's neighbours; keep start-up light
-
-        queue = Queue(QUEUE_NAME, connection=self.redis)
-        yield GaugeMetricFamily("syncnotify_queue_depth", "Jobs waiting on the queue", value=queue.count)
-        oldest = status.oldest_queued_seconds(self.redis, queue)
-        yield GaugeMetricFamily(
-            "syncnotify_queue_oldest_seconds", "Age of the oldest queued payload", value=oldest or 0.0
-        )
-        yield GaugeMetricFamily(
-            "syncnotify_dead_letter_entries",
-            "Payloads in the dead-letter queue",
-            value=queue.failed_job_registry.get_job_count(cleanup=False),
-        )
-        yield GaugeMetricFamily("syncnotify_workers", "Workers alive", value=len(Worker.all(queue=queue)))
-        by_state = GaugeMetricFamily("syncnotify_subscriptions", "Subscriptions by shown state", labels=["state"])
-        counts: dict[str, int] = dict.fromkeys(SUBSCRIPTION_STATES, 0)
-        for sub in status.list_subscriptions(self.engine):
-            counts[sub.state] = counts.get(sub.state, 0) + 1
-        for state, count in sorted(counts.items()):
-            by_state.add_metric([state], count)
-        yield by_state
-
-
-def serve(port: int, host: str, redis: Redis, engine: Engine) -> None:
-    """Serve the sum of every worker process's metrics, plus the queue gauges, on ``host:port``."""
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(QueueCollector(redis, engine))
-    try:
-        start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:  # the workers matter more than their metrics: go on without
-        logger.error("cannot serve worker metrics on %s:%d: %s", host, port, exc)

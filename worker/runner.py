@@ -14,8 +14,8 @@ from shared.errors import TransientError
 from shared.queues import QUEUE_NAME
 from shared.settings import get_settings
 from worker import metrics
-from worker.jobs import engine, in_flight_of
-from worker.rq_worker import SyncWorker
+from worker.batch import engine, in_flight_of
+from worker.batching import BatchWorker
 from worker.store import sweep
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def run_worker(burst: bool = False) -> None:
     if not burst:
         sweeper.start()
     queue = Queue(QUEUE_NAME, connection=redis)
-    worker = SyncWorker(
+    worker = BatchWorker(
         [queue],
         connection=redis,
         abandon_after=settings.abandoned_after_seconds,

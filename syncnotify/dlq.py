@@ -1,9 +1,7 @@
-"""The dead-letter queue: RQ's failed-job registry of the ``syncnotify`` queue, one payload per entry.
+"""The operator's dead-letter tools: list, show, replay and purge (``syncnotify dlq``).
 
-A payload lands here when it fails permanently (at once) or transiently with its retries spent.  Each
-entry is an ordinary RQ job of ``STORE_JOB`` carrying exactly one payload, so a replay is RQ's own
-requeue, and storing stays idempotent: a replayed payload whose events are stored adds no row.  Entries
-expire after ``SYNCNOTIFY_DLQ_RETENTION_DAYS`` (the job's ``failure_ttl``).
+The entries' form is ``shared.store_job``'s: a failed store job carrying exactly one payload, so a replay is
+RQ's own requeue, and storing stays idempotent: a replayed payload whose events are stored adds no row.
 """
 
 from __future__ import annotations
@@ -15,14 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis import Redis
-from rq import Callback, Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
 from rq.serializers import resolve_serializer
 
-from shared.queues import FAILURE_CALLBACK, JOB_TIMEOUT_SECONDS, QUEUE_NAME, STORE_JOB, inflight_key
-from shared.types import Payload
+from shared import inflight
+from shared.store_job import dead_letters, is_dead_letter, payload_of
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +68,6 @@ class Filter:
         )
 
 
-def registry(redis: Redis) -> FailedJobRegistry:
-    return FailedJobRegistry(QUEUE_NAME, connection=redis)
-
-
-def payload_of(job: Job) -> Payload:
-    """The one payload of a dead-letter entry."""
-    payloads: list[Payload] = job.args[0]
-    return payloads[0]
-
-
 def entry_of(job: Job) -> Entry:
     payload = payload_of(job)
     meta = job.meta
@@ -105,11 +91,11 @@ def _last_line(text: str | None) -> str:
 
 def iter_jobs(redis: Redis, ids: Sequence[str] | None = None) -> Iterator[Job]:
     """The entries' jobs, oldest first, a page at a time; with ``ids``, just those (missing ones skipped)."""
-    reg = registry(redis)
+    reg = dead_letters(redis)
     if ids is not None:
         for start in range(0, len(ids), PAGE):
             for job in Job.fetch_many(list(ids[start : start + PAGE]), connection=redis):
-                if job is not None and _single(job):
+                if job is not None and is_dead_letter(job):
                     yield job
         return
     reg.cleanup()
@@ -119,16 +105,9 @@ def iter_jobs(redis: Redis, ids: Sequence[str] | None = None) -> Iterator[Job]:
         if not page:
             return
         for job in Job.fetch_many(page, connection=redis):
-            if job is not None and _single(job):
+            if job is not None and is_dead_letter(job):
                 yield job
         start += len(page)
-
-
-def _single(job: Job) -> bool:
-    try:
-        return job.func_name == STORE_JOB and len(job.args[0]) == 1
-    except (IndexError, TypeError, AttributeError):
-        return False
 
 
 def entries(redis: Redis, keep: Callable[[Entry], bool] = Filter()) -> Iterator[Entry]:
@@ -144,38 +123,13 @@ def fetch(redis: Redis, entry_id: str) -> Job:
         job = Job.fetch(entry_id, connection=redis)
     except NoSuchJobError:
         raise LookupError(f"no dead-letter entry {entry_id!r}") from None
-    if not _single(job) or entry_id not in registry(redis):
+    if not is_dead_letter(job) or entry_id not in dead_letters(redis):
         raise LookupError(f"no dead-letter entry {entry_id!r}")
     return job
 
 
-def dead_letter(
-    redis: Redis, payload: Payload, error_class: str, message: str, attempts: int, retention_seconds: int
-) -> Job:
-    """Put one payload straight into the dead-letter queue (used when a batch job must fail one payload alone)."""
-    job = Job.create(
-        STORE_JOB,
-        args=([payload],),
-        connection=redis,
-        timeout=JOB_TIMEOUT_SECONDS,
-        result_ttl=0,
-        failure_ttl=retention_seconds,
-        origin=QUEUE_NAME,
-        on_failure=Callback(FAILURE_CALLBACK),
-        meta={"error_class": error_class, "error": message, "attempts": attempts},
-        description=f"dead letter of payload {payload['id']}",
-        status=JobStatus.FAILED,
-    )
-    job.ended_at = datetime.now(UTC)
-    with redis.pipeline() as pipe:
-        job.save(pipeline=pipe)
-        registry(redis).add(job, ttl=retention_seconds, exc_string=f"{error_class}: {message}", pipeline=pipe)
-        pipe.execute()
-    return job
-
-
 @dataclass(slots=True)
-class Outcome:
+class ReplayOutcome:
     """What a replay or purge did; ``dlq replay`` prints it at the end."""
 
     selected: int = 0
@@ -190,7 +144,7 @@ class Outcome:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def select(redis: Redis, ids: Sequence[str] | None, keep: Callable[[Entry], bool]) -> Iterator[Job]:
+def matching(redis: Redis, ids: Sequence[str] | None, keep: Callable[[Entry], bool]) -> Iterator[Job]:
     for job in iter_jobs(redis, ids):
         if keep(entry_of(job)):
             yield job
@@ -202,15 +156,15 @@ def replay(
     retries: int,
     rate: float | None = None,
     dry_run: bool = False,
-    progress: Callable[[Outcome], None] | None = None,
-) -> tuple[Outcome, list[str]]:
+    progress: Callable[[ReplayOutcome], None] | None = None,
+) -> tuple[ReplayOutcome, list[str]]:
     """Requeue ``jobs`` (at most ``rate`` a second) with fresh retries; return the outcome and the job ids.
 
     With ``dry_run`` nothing changes: the outcome counts what would be replayed.
     """
-    outcome = Outcome()
+    outcome = ReplayOutcome()
     replayed: list[str] = []
-    reg = registry(redis)
+    reg = dead_letters(redis)
     interval = 1 / rate if rate else 0.0
     next_at = time.monotonic()
     for job in jobs:
@@ -240,12 +194,12 @@ def replay(
 def await_outcome(
     redis: Redis,
     ids: Sequence[str],
-    outcome: Outcome,
+    outcome: ReplayOutcome,
     timeout: float,
-    progress: Callable[[Outcome], None] | None = None,
-) -> Outcome:
+    progress: Callable[[ReplayOutcome], None] | None = None,
+) -> ReplayOutcome:
     """Wait until each replayed job is stored (gone: stored jobs keep no result) or failed again."""
-    reg = registry(redis)
+    reg = dead_letters(redis)
     waiting = list(ids)
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
@@ -268,19 +222,17 @@ def await_outcome(
     return outcome
 
 
-def purge(redis: Redis, jobs: Iterator[Job], dry_run: bool = False) -> Outcome:
+def purge(redis: Redis, jobs: Iterator[Job], dry_run: bool = False) -> ReplayOutcome:
     """Delete entries and their payloads' in-flight marks (nothing waits for a purged payload any more)."""
-    outcome = Outcome()
-    reg = registry(redis)
+    outcome = ReplayOutcome()
+    reg = dead_letters(redis)
     for job in jobs:
         outcome.selected += 1
         if dry_run:
             outcome.purged += 1
             continue
-        payload = payload_of(job)
         with redis.pipeline() as pipe:
-            for subscription_id in payload["subscription_ids"]:
-                pipe.zrem(inflight_key(payload["tenant"], subscription_id), payload["id"])
+            inflight.release(pipe, [payload_of(job)])
             reg.remove(job, pipeline=pipe)
             job.delete(pipeline=pipe)
             pipe.execute()
@@ -290,7 +242,7 @@ def purge(redis: Redis, jobs: Iterator[Job], dry_run: bool = False) -> Outcome:
 
 def counts_by_class(redis: Redis) -> dict[str, int]:
     """Entries by error class, reading only each job's meta (not its payload); changes nothing."""
-    reg = registry(redis)
+    reg = dead_letters(redis)
     serializer = resolve_serializer()
     counts: dict[str, int] = {}
     start = 0
@@ -305,7 +257,3 @@ def counts_by_class(redis: Redis) -> dict[str, int]:
                 counts[error_class] = counts.get(error_class, 0) + 1
         start += len(page)
     return counts
-
-
-def queue(redis: Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=redis)

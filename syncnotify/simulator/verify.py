@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, create_engine, select
 
-from bench.exchange import Mailbox
 from shared.schema import notifications, subscriptions
+from syncnotify.simulator.mailboxes import Mailbox
 
 _CHUNK = 500
 

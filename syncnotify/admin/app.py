@@ -27,7 +27,7 @@ from sqlalchemy.sql.expression import case
 
 from shared.schema import make_engine, notifications
 from shared.settings import Settings, get_settings
-from worker.status import Status, Subscription, collect, list_subscriptions
+from syncnotify.status import Status, Subscription, collect, list_subscriptions
 
 logger = logging.getLogger(__name__)
 
@@ -437,7 +437,7 @@ def _row(sub: Subscription, now: datetime) -> str:
 
 
 def create_admin_app(settings: Settings | None = None) -> FastAPI:
-    """The admin application (``uvicorn --factory worker.admin:create_admin_app``; ``syncnotify admin``)."""
+    """The admin application (``uvicorn --factory syncnotify.admin.app:create_admin_app``; ``syncnotify admin``)."""
     settings = settings or get_settings()
     engine = make_engine(settings.database)
     redis = Redis.from_url(settings.redis)

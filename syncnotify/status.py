@@ -18,11 +18,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import Engine, func, select, update
 
+from ingress.spool import count_records
 from shared.queues import QUEUE_NAME, UNSUBSCRIBED_KEY
 from shared.schema import chain_links, insert_new, subscriptions
-from shared.spool import count_records
 from shared.types import Payload
-from worker import dlq
+from syncnotify import dlq
 
 #: A subscription silent for this many of its usual heartbeat intervals is shown as stale …
 STALE_FACTOR = 3

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from bench.payloads import ROW_KINDS, Event, notification_body, watermark
+from syncnotify.simulator.payloads import ROW_KINDS, Event, notification_body, watermark
 
 #: Weights of the kinds of item events a room calendar produces (FreeBusyChanged with every booking).
 _KIND_WEIGHTS = {

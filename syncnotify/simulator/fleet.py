@@ -35,11 +35,11 @@ from multiprocessing.sharedctypes import RawArray
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bench.exchange import Mailbox, Mix, Planned, mailboxes
-from bench.http import HTTPError, Target, connect, new_event_loop
+from syncnotify.simulator.client import HTTPError, Target, connect, new_event_loop
+from syncnotify.simulator.mailboxes import Mailbox, Mix, Planned, mailboxes
 
 if TYPE_CHECKING:
-    from bench.verify import Expected, VerifyReport
+    from syncnotify.simulator.verify import Expected, VerifyReport
 
 DEFAULT_URL = "http://127.0.0.1:8080/Webservices/SyncNotification.svc"
 #: Slots per process in the shared progress array: posts answered, posts answered 200, failures.
@@ -383,7 +383,10 @@ def simulate(options: SimulateOptions, say: Callable[[str], None] | None = _say)
     else:
         results = _run_in_children(options, seed, parts, slots, show if say else None)
     report.seconds = time.monotonic() - started
-    from bench.verify import expected_of, verify  # SQLAlchemy only when checking: keeps the command quick to start
+    from syncnotify.simulator.verify import (  # SQLAlchemy only when checking: keeps the command quick to start
+        expected_of,
+        verify,
+    )
 
     expected: list[Expected] = []
     mix = Mix(options.heartbeats, options.bursts, options.duplicates)
@@ -465,7 +468,7 @@ def _run_in_children(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command line options (for ``syncnotify simulate`` or ``python -m bench.simulate``)."""
+    """The command line options (for ``syncnotify simulate`` or ``python -m syncnotify.simulator.fleet``)."""
     d = SimulateOptions()
     parser.add_argument("--url", default=d.url, help=f"callback URL to post to (default {d.url})")
     parser.add_argument("--subscriptions", type=int, default=d.subscriptions, help="rooms (default %(default)s)")

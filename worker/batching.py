@@ -1,10 +1,10 @@
-"""The RQ worker: waiting jobs run together, and the jobs of dead workers run again.
+"""The batching worker: RQ's SimpleWorker running waiting store jobs together (it uses RQ's private API).
 
 RQ spends about 2 ms and a few dozen Redis commands on each job it runs, and a job holds only the posts the
 ingress gathered into one Redis write -- one or two when posts arrive one at a time.  So when more jobs wait
 behind the one RQ hands over, the worker takes them too, up to ``batch_payloads`` payloads: it moves them to
 RQ's intermediate queue (as RQ's own dequeue does), registers them all as started in one Redis transaction,
-stores all their payloads in one database transaction (``worker.jobs.store_jobs``) and finishes them in one
+stores all their payloads in one database transaction (``worker.batch.run``) and finishes them in one
 more.  A bad payload is still dead-lettered alone; when the batch meets a transient failure, its jobs run
 again one by one, so that each fails, retries and is dead-lettered exactly as it would have alone.
 """
@@ -21,16 +21,16 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.timeouts import JobTimeoutException
-from rq.utils import current_timestamp, now
+from rq.utils import now
 from rq.worker import WorkerStatus
 
-from shared.queues import JOB_TIMEOUT_SECONDS, KEY_PREFIX, MAX_ABANDONS, STORE_JOB
-from worker.jobs import drop_dead_executions, store_jobs
+from shared.queues import JOB_TIMEOUT_SECONDS, KEY_PREFIX, STORE_JOB
+from worker import batch
+from worker.recovery import requeue_abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ RQ_MAINTENANCE_SECONDS = 600
 TAKE_AT_ONCE = 32
 
 
-class SyncWorker(SimpleWorker):
+class BatchWorker(SimpleWorker):
     """RQ's SimpleWorker, running waiting jobs together, with a bounded recovery of dead workers' jobs.
 
     SimpleWorker runs jobs in its own process instead of forking one per job: the engine's pooled
@@ -105,27 +105,27 @@ class SyncWorker(SimpleWorker):
         alone at once, so that a job fails, retries and is dead-lettered exactly as without batches: a
         flapping database must not spend the retries of every job that happened to share a batch.
         """
-        batch = [j for j in jobs if _payload_count(j) is not None]
-        executions = self._start(batch, queue)
-        with self._heartbeats(batch, executions):  # until the last of them is done, alone or not
+        together = [j for j in jobs if _payload_count(j) is not None]
+        executions = self._start(together, queue)
+        with self._heartbeats(together, executions):  # until the last of them is done, alone or not
             failure: BaseException | None = None
             try:
-                with self.death_penalty_class(JOB_TIMEOUT_SECONDS, JobTimeoutException, job_id=batch[0].id):
-                    outcome = store_jobs(self.connection, [(job, job.args[0]) for job in batch])
+                with self.death_penalty_class(JOB_TIMEOUT_SECONDS, JobTimeoutException, job_id=together[0].id):
+                    outcome = batch.run(self.connection, [(job, job.args[0]) for job in together])
                 failure = outcome.transient
             except Exception as exc:  # noqa: BLE001 - the jobs run again alone, where RQ handles it as usual
                 failure = exc
             if failure is not None:
-                logger.warning("a batch of %d jobs failed (%s); running them one by one", len(batch), failure)
-                for job, execution in zip(batch, executions, strict=True):
+                logger.warning("a batch of %d jobs failed (%s); running them one by one", len(together), failure)
+                for job, execution in zip(together, executions, strict=True):
                     self.perform_job(job, queue, execution)
             else:
                 failing = {job.id: error for job, error in outcome.failing if job is not None}
-                for job, execution in zip(batch, executions, strict=True):
+                for job, execution in zip(together, executions, strict=True):
                     if job.id in failing:
                         error = failing[job.id]
                         self._finalize_failure(job, queue, execution, (type(error), error, error.__traceback__))
-                self._finish([(j, e) for j, e in zip(batch, executions, strict=True) if j.id not in failing])
+                self._finish([(j, e) for j, e in zip(together, executions, strict=True) if j.id not in failing])
         self.set_state(WorkerStatus.IDLE)
         for job in jobs:
             if _payload_count(job) is None:
@@ -140,7 +140,7 @@ class SyncWorker(SimpleWorker):
                 job.prepare_for_execution(self.name, pipeline=pipe)
                 pipe.persist(job.key)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))  # see _requeue_untaken
+                pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))  # see recovery.requeue_untaken
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self.heartbeat(ttl, pipeline=pipe)
             pipe.execute()
@@ -210,71 +210,3 @@ def _payload_count(job: Job) -> int | None:
     except Exception:  # noqa: BLE001 - unreadable data: RQ's own path fails the job with the reason
         return None
     return len(payloads) if isinstance(payloads, list) else None
-
-
-def requeue_abandoned(queue: Queue) -> list[str]:
-    """Put the jobs of dead workers back at the front of ``queue``; return their ids.
-
-    A job abandoned more than ``MAX_ABANDONS`` times is left to RQ, which dead-letters it.
-    """
-    registry = queue.started_job_registry
-    requeued = []
-    for entry in registry.connection.zrangebyscore(registry.key, 0, current_timestamp()):
-        job_id = registry.parse_job_id(entry)
-        try:
-            job = Job.fetch(job_id, connection=queue.connection)
-        except NoSuchJobError:
-            registry.connection.zrem(registry.key, entry)
-            continue
-        if job.get_status(refresh=False) != JobStatus.STARTED:
-            continue  # finished or failed meanwhile: RQ's cleanup drops the entry
-        abandons = int(job.meta.get("abandoned", 0)) + 1
-        if abandons > MAX_ABANDONS:
-            continue
-        job.meta["abandoned"] = abandons
-        job.started_at = None
-        with queue.connection.pipeline() as pipe:
-            pipe.zrem(registry.key, entry)
-            queue._enqueue_job(job, pipeline=pipe, at_front=True)
-            pipe.execute()
-        drop_dead_executions(job)
-        logger.warning("job %s was abandoned by a dead worker; running it again (%d)", job.id, abandons)
-        requeued.append(job.id)
-    return requeued + _requeue_untaken(queue)
-
-
-#: Moves a job id from the intermediate queue back to the front of the queue, unless someone else did.
-_BACK_TO_FRONT = """
-if redis.call('lrem', KEYS[1], 1, ARGV[1]) == 1 then
-    redis.call('lpush', KEYS[2], ARGV[1])
-    return 1
-end
-return 0
-"""
-
-
-def _requeue_untaken(queue: Queue) -> list[str]:
-    """Jobs a dead worker moved to RQ's intermediate queue but had not yet started: back to the queue's front.
-
-    A worker moves jobs there and registers them as started a Redis round trip later; a job found there
-    unregistered on two passes a maintenance interval apart was left by a worker that died in between.
-    (RQ's own cleanup would fail such a job as "stuck" after a minute, and only every ten minutes.)
-    """
-    intermediate = queue.intermediate_queue
-    waiting = intermediate.get_job_ids()
-    started = set(queue.started_job_registry.get_job_ids(cleanup=False)) if waiting else set()
-    requeued = []
-    for job_id in waiting:
-        if job_id in started:  # a live worker started it: forget that it was seen waiting
-            queue.connection.delete(intermediate.get_first_seen_key(job_id))
-            continue
-        if intermediate.set_first_seen(job_id):
-            continue
-        seen = intermediate.get_first_seen(job_id)
-        if seen is None or (now() - seen).total_seconds() < 1:
-            continue
-        if queue.connection.eval(_BACK_TO_FRONT, 2, intermediate.key, queue.key, job_id):
-            queue.connection.delete(intermediate.get_first_seen_key(job_id))
-            logger.warning("job %s was taken by a worker that died before starting it; queued again", job_id)
-            requeued.append(job_id)
-    return requeued

@@ -13,7 +13,7 @@ import asyncio
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from bench.payloads import CONTENT_TYPE, SOAP_ACTION
+from syncnotify.simulator.payloads import CONTENT_TYPE, SOAP_ACTION
 
 
 class HTTPError(Exception):

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.simulate import add_arguments as add_simulate_arguments
 from shared.errors import SyncNotifyError
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings, redact_url
+from syncnotify.simulator.fleet import add_arguments as add_simulate_arguments
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -76,12 +76,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for stale in metrics_dir.glob("*.db"):  # counters of an earlier run would be summed in
         stale.unlink()
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    command = [sys.executable, "-m", "worker.cli", "worker", "--child"] + (["--burst"] if args.burst else [])
+    command = [sys.executable, "-m", "syncnotify", "worker", "--child"] + (["--burst"] if args.burst else [])
     children = [Child(command, env) for _ in range(args.processes)]
     if args.metrics_port:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before prometheus_client is imported
         from shared.schema import make_engine
-        from worker import metrics
+        from syncnotify import metrics
 
         metrics.serve(args.metrics_port, args.metrics_host, _redis(settings), make_engine(settings.database))
     if args.burst:
@@ -91,7 +91,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from shared.redis_server import reachable, start_redis
+    from syncnotify.redis_server import reachable, start_redis
 
     settings = _settings()
     embedded: list[subprocess.Popen[bytes]] = []
@@ -103,11 +103,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         embedded.append(redis_process)
         env["SYNCNOTIFY_REDIS_URL"] = url
         print(f"started an embedded redis-server at {url} (append-only file in .syncnotify/redis)", flush=True)
-    migrate = subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=env)
+    migrate = subprocess.run([sys.executable, "-m", "syncnotify", "db", "upgrade"], env=env)
     if migrate.returncode != 0:
         _stop(embedded)
         return 1
-    base = [sys.executable, "-m", "worker.cli"]
+    base = [sys.executable, "-m", "syncnotify"]
     ingress = base + ["ingress", "--host", args.host, "--port", str(args.port)]
     workers = base + ["worker", "--processes", str(args.workers), "--metrics-port", str(args.port + 2)]
     admin = base + ["admin", "--host", "127.0.0.1", "--port", str(args.port + 1)]
@@ -182,7 +182,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     settings = _settings()
     uvicorn.run(
-        "worker.admin:create_admin_app",
+        "syncnotify.admin.app:create_admin_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -195,7 +195,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bench.simulate import run
+    from syncnotify.simulator.fleet import run
 
     return run(args)
 
@@ -260,7 +260,7 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from shared.schema import make_engine
-    from worker.status import collect
+    from syncnotify.status import collect
 
     settings = _settings()
     status = collect(make_engine(settings.database), _redis(settings), settings.spool_dir)
@@ -282,7 +282,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_subscriptions_list(args: argparse.Namespace) -> int:
     from shared.schema import make_engine
-    from worker.status import list_subscriptions
+    from syncnotify.status import list_subscriptions
 
     settings = _settings()
     subs = list_subscriptions(make_engine(settings.database), tenant=args.tenant, state=args.state)
@@ -308,7 +308,7 @@ def cmd_subscriptions_list(args: argparse.Namespace) -> int:
 
 def cmd_subscriptions_unsubscribe(args: argparse.Namespace) -> int:
     from shared.schema import make_engine
-    from worker.status import unsubscribe
+    from syncnotify.status import unsubscribe
 
     settings = _settings()
     unsubscribe(make_engine(settings.database), _redis(settings), args.ids, tenant=args.tenant)
@@ -317,7 +317,7 @@ def cmd_subscriptions_unsubscribe(args: argparse.Namespace) -> int:
 
 
 def _dlq_filter(args: argparse.Namespace) -> Any:
-    from worker.dlq import Filter
+    from syncnotify.dlq import Filter
 
     since = None
     if args.since:
@@ -330,7 +330,7 @@ def _dlq_filter(args: argparse.Namespace) -> Any:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from syncnotify import dlq
 
     settings = _settings()
     entries = dlq.entries(_redis(settings), _dlq_filter(args))
@@ -352,14 +352,15 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from shared import store_job
+    from syncnotify import dlq
 
     settings = _settings()
     try:
         job = dlq.fetch(_redis(settings), args.id)
     except LookupError as exc:
         raise SyncNotifyError(str(exc)) from None
-    entry, body = dlq.entry_of(job), dlq.payload_of(job)["body"]
+    entry, body = dlq.entry_of(job), store_job.payload_of(job)["body"]
     if args.json:
         _print_json({**entry.as_json(), "body_base64": base64.b64encode(body).decode()})
         return 0
@@ -372,11 +373,11 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace, redis: Redis) -> Any:
-    from worker import dlq
+    from syncnotify import dlq
 
     if not args.ids and not args.all:
         raise UsageError("name entry IDs or --all")
-    return dlq.select(redis, args.ids or None, _dlq_filter(args))
+    return dlq.matching(redis, args.ids or None, _dlq_filter(args))
 
 
 class _Progress:
@@ -400,7 +401,7 @@ class _Progress:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from syncnotify import dlq
 
     settings = _settings()
     redis = _redis(settings)
@@ -429,7 +430,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from syncnotify import dlq
 
     if not args.yes and not args.dry_run:
         raise UsageError("purge deletes payloads for good: add --yes (or --dry-run to see what it would delete)")

@@ -1,0 +1,1 @@
+"""The operators' status page (``syncnotify admin``)."""

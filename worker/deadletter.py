@@ -1,0 +1,46 @@
+"""The worker's own dead-letter write: one payload of a job of several, failed alone (form: ``shared.store_job``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from rq.job import Job
+
+from shared.errors import PermanentError, SyncNotifyError
+from shared.settings import get_settings
+from shared.store_job import dead_letter as write_dead_letter
+from shared.types import Payload
+from worker import metrics
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter(redis: Redis, job: Job | None, payload: Payload, error: SyncNotifyError) -> None:
+    """Put ``payload`` of ``job`` into the dead-letter queue with why, counted and logged."""
+    error_class = error.error_class if isinstance(error, PermanentError) else "transient"
+    attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
+    retention = job.failure_ttl if job is not None and job.failure_ttl else get_settings().dlq_retention_days * 86400
+    entry = write_dead_letter(redis, payload, error_class, str(error), attempts, retention)
+    metrics.DEAD_LETTERED.labels(error_class).inc()
+    metrics.PAYLOADS.labels("dead_lettered").inc()
+    logger.warning(
+        "payload %s dead-lettered as %s (%s): %s",
+        payload["id"],
+        entry.id,
+        error_class,
+        error,
+        extra=log_fields(payload, job),
+    )
+
+
+def log_fields(payload: Payload, job: Job | None) -> dict[str, Any]:
+    """The stable log fields of a payload (SPEC §8): tenant, subscription, payload and job ids."""
+    ids = payload["subscription_ids"]
+    return {
+        "tenant": payload["tenant"],
+        "subscription": ids[0] if ids else None,
+        "payload_id": payload["id"],
+        "job_id": job.id if job is not None else None,
+    }
