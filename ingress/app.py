@@ -8,17 +8,14 @@ pages, ``/healthz``, ``/readyz``, ``/metrics``, other methods and paths) is Fast
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import html
-import ipaddress
 import logging
-import re
 import time
 import uuid
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -29,159 +26,27 @@ from shared.settings import Settings, get_settings
 from shared.types import Payload
 
 from . import metrics, soap
+from .checks import (
+    NOTIFICATION_PATH,
+    ClientGone,
+    Rejection,
+    _in,
+    canonical_tenant,
+    check,
+    client_address,
+    headers_of,
+    tenant_of,
+)
 from .enqueue import Enqueuer
 
 logger = logging.getLogger(__name__)
 
-#: ``/Webservices/SyncNotification.svc`` with an optional tenant segment in front, any case (as IIS did).
-NOTIFICATION_PATH = re.compile(r"^/(?:(?P<tenant>[^/]+)/)?webservices/syncnotification\.svc/?$", re.IGNORECASE)
-DEFAULT_TENANT = "Default"
-
-#: A request's headers by lower-case name (ASGI servers lower-case them), the first of repeated ones.
-Headers = Mapping[bytes, bytes]
 ASGIHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-class Rejection(Exception):
-    """A request that gets a 4xx answer with a short plain reason; nothing is enqueued."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class ClientGone(Exception):
-    """The client disconnected before its whole body arrived: nobody is left to answer, nothing is stored."""
-
-
-def headers_of(scope: Scope) -> Headers:
-    """The request's headers; of a repeated header the first, as Starlette's ``Headers.get`` returns."""
-    return dict(reversed(scope["headers"]))
-
-
-def client_address(scope: Scope, headers: Headers, settings: Settings) -> str:
-    """The sender's address: the peer, or ``X-Forwarded-For`` when the peer is a trusted proxy.
-
-    Walks the header from the right, skipping trusted proxies, so a client cannot spoof its address by
-    putting one in front.
-    """
-    client = scope.get("client")
-    peer: str = client[0] if client else ""
-    if not settings.trusted_proxies or not _in(peer, settings.trusted_proxies):
-        return peer
-    header = headers.get(b"x-forwarded-for", b"").decode("latin-1")
-    forwarded = [a.strip() for a in header.split(",") if a.strip()]
-    for address in reversed(forwarded):
-        if not _in(address, settings.trusted_proxies):
-            return address
-    return forwarded[0] if forwarded else peer
-
-
-def _in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
-
-
-def tenant_of(scope: Scope) -> str:
-    """Path segment, else the first bare query key (``?Default``), else ``?tenant=``, else ``Default``."""
-    # read from the ASGI scope: building request.url costs more than the rest of the checks together
-    path: str = scope["path"]
-    match = NOTIFICATION_PATH.match(path)
-    if match and match.group("tenant"):
-        return match.group("tenant")
-    query: str = scope["query_string"].decode("latin-1")
-    if not query:
-        return DEFAULT_TENANT
-    for part in query.split("&"):
-        if part and "=" not in part:
-            return part
-    return next((value for name, value in parse_qsl(query) if name == "tenant" and value), DEFAULT_TENANT)
-
-
-def canonical_tenant(tenant: str, settings: Settings) -> str | None:
-    """The configured spelling of ``tenant``, ``tenant`` itself under ``*``, or ``None`` if unknown."""
-    for known in settings.tenants:
-        if known == tenant or known.casefold() == tenant.casefold():
-            return known
-    return tenant if "*" in settings.tenants else None
-
-
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
-    """The body, gzip-decoded if so encoded; ``Rejection`` 413 past ``limit`` bytes (before or after decoding)."""
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Rejection(413, f"body of {declared.decode()} bytes is larger than the limit of {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise Rejection(413, f"body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = headers.get(b"content-encoding")
-    if encoding is None:
-        return body
-    name = encoding.decode("latin-1").strip().lower()
-    if name in ("", "identity"):
-        return body
-    if name not in ("gzip", "x-gzip"):
-        raise Rejection(415, f"content encoding {name!r} is not supported (gzip is)")
-    return _gunzip(body, limit)
-
-
-def _gunzip(body: bytes, limit: int) -> bytes:
-    """Decode every gzip member (RFC 1952 allows several), never inflating more than ``limit`` (gzip bombs)."""
-    parts: list[bytes] = []
-    size = 0
-    rest = body
-    while rest:
-        decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            data = decoder.decompress(rest, limit - size + 1)
-        except zlib.error as exc:
-            raise Rejection(400, f"body is not valid gzip: {exc}") from None
-        size += len(data)
-        if size > limit or decoder.unconsumed_tail:
-            raise Rejection(413, f"gzip body decodes to more than the limit of {limit} bytes")
-        if not decoder.eof:
-            raise Rejection(400, "gzip body is truncated")
-        parts.append(data)
-        rest = decoder.unused_data
-    return b"".join(parts)
-
-
-async def check(scope: Scope, receive: Receive, settings: Settings) -> tuple[str, str, bytes]:
-    """Run SPEC §4's checks in order; return (tenant, source, body) or raise ``Rejection``."""
-    headers = headers_of(scope)
-    source = client_address(scope, headers, settings)
-    if settings.allowed_networks and not _in(source, settings.allowed_networks):
-        raise Rejection(403, f"source address {source} is not allowed")
-    named = tenant_of(scope)
-    tenant = canonical_tenant(named, settings)
-    if tenant is None:
-        raise Rejection(404, f"unknown tenant {named!r}")
-    content_type = headers.get(b"content-type", b"").decode("latin-1")
-    soap_action = headers.get(b"soapaction")
-    if not soap.soap_action_ok(None if soap_action is None else soap_action.decode("latin-1"), content_type):
-        raise Rejection(400, f"SOAPAction must be {soap.SOAP_ACTION}")
-    if not soap.content_type_ok(content_type):
-        raise Rejection(415, f"content type {content_type or '(none)'!r} is not text/xml or application/soap+xml")
-    body = await read_body(receive, headers, settings.max_body_bytes)
-    if not body:
-        raise Rejection(400, "body is empty")
-    return tenant, source, body
-
+#: After a refusal sent before the whole body arrived, at most this much more of the body is read (and
+#: dropped), for at most this long, before the connection is closed (see ``_refuse``).
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_SECONDS = 2.0
 
 #: The headers of the answers, as Starlette's ``Response`` and ``PlainTextResponse`` would send them.
 _SOAP_TYPE = (b"content-type", soap.ANSWER_CONTENT_TYPE.encode())
@@ -192,6 +57,77 @@ async def _answer(send: Send, status: int, body: bytes, content_type: tuple[byte
     headers = [(b"content-length", str(len(body)).encode()), content_type]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(send: Send, receive: Receive, rejection: Rejection) -> None:
+    """Answer ``rejection``; if the body has not all arrived, close the connection the way nginx does.
+
+    Closing a socket with unread data makes the kernel reset it, and a client that writes its whole body
+    before it reads (most do) would get ECONNRESET instead of the answer.  So the answer goes out at once,
+    then the rest of the body is read and dropped (up to ``LINGER_BYTES``, for ``LINGER_SECONDS``), and
+    only then is the connection closed.
+    """
+    reason = rejection.reason.encode()
+    if not rejection.body_pending:
+        return await _answer(send, rejection.status, reason, _TEXT_TYPE)
+    headers = [(b"content-length", str(len(reason)).encode()), _TEXT_TYPE, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": rejection.status, "headers": headers})
+    # more_body: the client has the whole answer (Content-Length), but the server must not close yet
+    await send({"type": "http.response.body", "body": reason, "more_body": True})
+    await _discard_body(receive)
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Read the rest of the request body and drop it, within ``LINGER_BYTES`` and ``LINGER_SECONDS``."""
+    left = LINGER_BYTES
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                left -= len(message.get("body", b""))
+    except TimeoutError:
+        pass
+
+
+def _notifier(app: FastAPI, settings: Settings) -> ASGIHandler:
+    """``notify`` for ``app``: its ``Enqueuer`` is ``app.state.enqueuer`` once the lifespan started it."""
+
+    async def notify(scope: Scope, receive: Receive, send: Send) -> None:
+        """A POST to the notification path: check it, make it durable, answer ``OK`` (or why not)."""
+        started = time.perf_counter()
+        try:
+            tenant, source, body = await check(scope, receive, settings)
+        except Rejection as rejection:
+            metrics.requests(rejection.status).inc()
+            logger.info("rejected a post with %d: %s", rejection.status, rejection.reason)
+            return await _refuse(send, receive, rejection)
+        except ClientGone:
+            logger.info("a client disconnected before its whole post arrived; nothing stored")
+            return None
+        ids = soap.scan_subscription_ids(body)
+        payload = Payload(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            received_at=round(time.time(), 6),  # microseconds, as the databases keep them
+            source=source,
+            subscription_ids=ids,
+            body=body,
+        )
+        enqueuer: Enqueuer = app.state.enqueuer
+        try:
+            where = await enqueuer.submit(payload)
+        except SpoolError:
+            metrics.requests(503).inc()
+            return await _answer(send, 503, b"cannot store the notification now; retry later", _TEXT_TYPE)
+        metrics.enqueue_seconds(where).observe(time.perf_counter() - started)
+        metrics.requests(200).inc()
+        answer = soap.UNSUBSCRIBE if enqueuer.unsubscribed and enqueuer.unsubscribed.intersection(ids) else soap.OK
+        return await _answer(send, 200, answer, _SOAP_TYPE)
+
+    return notify
 
 
 class IngressApp(FastAPI):
@@ -225,42 +161,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = IngressApp(title="syncnotify ingress", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def notify(scope: Scope, receive: Receive, send: Send) -> None:
-        """A POST to the notification path: check it, make it durable, answer ``OK`` (or why not)."""
-        started = time.perf_counter()
-        try:
-            tenant, source, body = await check(scope, receive, settings)
-        except Rejection as rejection:
-            metrics.requests(rejection.status).inc()
-            logger.info("rejected a post with %d: %s", rejection.status, rejection.reason)
-            return await _answer(send, rejection.status, rejection.reason.encode(), _TEXT_TYPE)
-        except ClientGone:
-            logger.info("a client disconnected before its whole post arrived; nothing stored")
-            return None
-        ids = soap.scan_subscription_ids(body)
-        payload = Payload(
-            id=uuid.uuid4().hex,
-            tenant=tenant,
-            received_at=round(time.time(), 6),  # microseconds, as the databases keep them
-            source=source,
-            subscription_ids=ids,
-            body=body,
-        )
-        enqueuer: Enqueuer = app.state.enqueuer
-        try:
-            where = await enqueuer.submit(payload)
-        except SpoolError:
-            metrics.requests(503).inc()
-            return await _answer(send, 503, b"cannot store the notification now; retry later", _TEXT_TYPE)
-        metrics.enqueue_seconds(where).observe(time.perf_counter() - started)
-        metrics.requests(200).inc()
-        answer = soap.UNSUBSCRIBE if enqueuer.unsubscribed and enqueuer.unsubscribed.intersection(ids) else soap.OK
-        return await _answer(send, 200, answer, _SOAP_TYPE)
-
-    app.notify = notify
+    app.notify = _notifier(app, settings)
 
     @app.post("/{path:path}")
-    async def other_post(request: Request) -> Response:
+    async def other_post() -> Response:
         return PlainTextResponse("not found", status_code=404)  # notification paths never get here
 
     @app.get("/healthz")

@@ -36,7 +36,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        if self.cycle is not None and self.cycle.response_complete:
+            # The end of a body uvicorn dropped because its answer went out first (e.g. a 404 from FastAPI):
+            # the connection is idle from now on, and keep-alive's timer, cancelled by that body, is gone.
+            self._arm()
+        else:
+            self._disarm()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -63,8 +68,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+#: uvicorn options that would let it rewrite the client address from ``X-Forwarded-For`` before the app
+#: sees it; ``SYNCNOTIFY_TRUSTED_PROXIES`` and ``ingress.checks.client_address`` alone decide that.
+_PROXY_OPTIONS = ("proxy_headers", "forwarded_allow_ips")
+
+
 def serve(host: str, port: int, processes: int, log_level: str, **overrides: Any) -> None:
     """Run the ingress application (blocks until stopped)."""
+    refused = sorted(set(overrides).intersection(_PROXY_OPTIONS))
+    if refused:
+        raise ValueError(
+            f"ingress.server.serve: {', '.join(refused)} cannot be set; trusted proxies are SYNCNOTIFY_TRUSTED_PROXIES"
+        )
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -79,6 +94,9 @@ def serve(host: str, port: int, processes: int, log_level: str, **overrides: Any
         "backlog": BACKLOG,
         "timeout_graceful_shutdown": 10,
         "server_header": False,
+        # uvicorn believes X-Forwarded-For from FORWARDED_ALLOW_IPS (default 127.0.0.1) unless told not to
+        "proxy_headers": False,
+        "forwarded_allow_ips": [],  # not read from the environment either
     }
     options.update(overrides)
     uvicorn.run("ingress.app:create_app", **options)

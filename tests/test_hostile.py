@@ -19,14 +19,15 @@ from rq import Queue
 from sqlalchemy import Engine, func, select
 
 from shared import store_job
+from shared.ews import SOAP_ACTION
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications
 from syncnotify import dlq
-from tests.conftest import SAMPLES, RedisServer, free_port
+from syncnotify.redis_server import EmbeddedRedis, free_port
+from tests.conftest import SAMPLES
 from tests.payloads import SUBSCRIPTION_A, make_event, make_notification, watermark
 from tests.processes import children_of, db_name, queue_drained, service_env, started, wait_for, wait_http
 
-SOAP_ACTION = "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"
 HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION}
 GOOD = (SAMPLES / "02_created_event_item.xml").read_bytes()
 
@@ -91,7 +92,7 @@ CORPUS: list[tuple[str, bytes, dict[str, str] | None, int | str]] = [
 
 @pytest.fixture
 def pipeline(
-    redis_server: RedisServer, redis: Redis, database_url: str, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, tmp_path: Path
 ) -> Iterator[tuple[str, int, dict[str, str]]]:
     """Ingress and worker processes: (notification URL, the worker process's pid, environment)."""
     port = free_port()
@@ -114,7 +115,11 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_hostile_corpus_gets_clear_answers_and_loses_nothing(
-    pipeline: tuple[str, int, dict[str, str]], redis: Redis, engine: Engine, database_url: str, reliability: list
+    pipeline: tuple[str, int, dict[str, str]],
+    redis: Redis,
+    engine: Engine,
+    database_url: str,
+    reliability: list[tuple[str, str, str, str]],
 ) -> None:
     url, worker_pid, _env = pipeline
     acked: dict[str, int | str] = {}
@@ -217,7 +222,7 @@ def _queued(redis: Redis) -> int:
 
 
 @pytest.fixture
-def ingress_client(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> Iterator[tuple[object, Redis]]:
+def ingress_client(redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path) -> Iterator[tuple[object, Redis]]:
     from shared.settings import Settings
     from tests.test_ingress import running  # the in-process app with its lifespan, as the ingress tests use it
 

@@ -27,13 +27,16 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 from starlette.exceptions import StarletteDeprecationWarning
+from starlette.types import Message
 
 from ingress import soap
 from ingress.app import create_app
+from shared.ews import SOAP_ACTION, TYPES_NS
 from shared.queues import QUEUE_NAME, UNSUBSCRIBED_KEY, inflight_key
 from shared.settings import Settings
 from shared.types import Payload
-from tests.conftest import SAMPLES, RedisServer, free_port
+from syncnotify.redis_server import EmbeddedRedis, free_port
+from tests.conftest import SAMPLES
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, make_event, make_notification, watermark
 
 with warnings.catch_warnings():
@@ -46,7 +49,6 @@ with warnings.catch_warnings():
 # The contract, copied from SPEC §4 (not from the code under test)
 # --------------------------------------------------------------------------------------------------------
 
-SOAP_ACTION = "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"
 SPEC_OK = (
     b'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
     b'<soap:Body><m:SendNotificationResult xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">'
@@ -96,7 +98,7 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(settings_env: pytest.MonkeyPatch, redis_server: RedisServer, tmp_path: Path) -> SettingsFactory:
+def make_settings(settings_env: pytest.MonkeyPatch, redis_server: EmbeddedRedis, tmp_path: Path) -> SettingsFactory:
     """Settings for one ingress: the fixture's Redis, a spool in tmp, tenant ``Default``; override anything."""
 
     def make(**overrides: Any) -> Settings:
@@ -233,10 +235,10 @@ def nowhere() -> str:
 
 
 @contextmanager
-def redis_later(directory: Path) -> Iterator[RedisServer]:
+def redis_later(directory: Path) -> Iterator[EmbeddedRedis]:
     """A redis-server for a free port, not started: nothing listens there until the test calls ``start()``."""
     directory.mkdir()
-    server = RedisServer(directory, free_port(), appendonly=False)
+    server = EmbeddedRedis(directory, free_port(), appendonly=False)
     try:
         yield server
     finally:
@@ -629,14 +631,15 @@ def test_checks_run_in_spec_order(
 def test_client_gone_mid_body_gets_no_answer_and_stores_nothing(make_settings: SettingsFactory, redis: Redis) -> None:
     settings = make_settings()
     app = create_app(settings)
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
     body = notification(1000)
-    messages = iter([{"type": "http.request", "body": body[:100], "more_body": True}, {"type": "http.disconnect"}])
+    first: Message = {"type": "http.request", "body": body[:100], "more_body": True}
+    messages: Iterator[Message] = iter([first, {"type": "http.disconnect"}])
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return next(messages)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     async def post_then_vanish() -> None:
@@ -736,6 +739,126 @@ def test_unsubscribed_subscription_is_answered_unsubscribe(make_settings: Settin
     assert answers[-1] == SPEC_UNSUBSCRIBE
     # an unsubscribed subscription's posts are still stored: acked means stored
     assert len(queued_payloads(redis)) == 1 + len(answers) + 3
+
+
+SAMPLE_A_TEXT = (SAMPLES / "02_created_event_item.xml").read_text()
+ERROR_A_TEXT = (SAMPLES / "14_error_read_events_failed.xml").read_text()
+
+
+def _as_utf16(text: str) -> str:
+    return text.replace('encoding="utf-8"', 'encoding="utf-16"')
+
+
+#: Subscription A's notification in shapes the worker's parser accepts, beyond the samples' own.
+SCAN_SHAPES: dict[str, bytes] = {
+    "default namespace": SAMPLE_A_TEXT.replace(
+        f"<t:SubscriptionId>{SUBSCRIPTION_A}</t:SubscriptionId>",
+        f'<SubscriptionId xmlns="{TYPES_NS}">{SUBSCRIPTION_A}</SubscriptionId>',
+    ).encode(),
+    "prefixed, with an attribute": SAMPLE_A_TEXT.replace(
+        f"<t:SubscriptionId>{SUBSCRIPTION_A}", f'<t:SubscriptionId xmlns:t="{TYPES_NS}" >{SUBSCRIPTION_A}'
+    ).encode(),
+    "CDATA": SAMPLE_A_TEXT.replace(f">{SUBSCRIPTION_A}<", f"><![CDATA[{SUBSCRIPTION_A}]]><").encode(),
+    "CDATA and white space": SAMPLE_A_TEXT.replace(
+        f">{SUBSCRIPTION_A}<", f">\n  <![CDATA[ {SUBSCRIPTION_A} ]]>\n<"
+    ).encode(),
+    "character reference": SAMPLE_A_TEXT.replace(f">{SUBSCRIPTION_A}<", f">&#82;{SUBSCRIPTION_A[1:]}<").encode(),
+    "UTF-16 LE with BOM": b"\xff\xfe" + _as_utf16(SAMPLE_A_TEXT).encode("utf-16-le"),
+    "UTF-16 BE with BOM": b"\xfe\xff" + _as_utf16(SAMPLE_A_TEXT).encode("utf-16-be"),
+    "UTF-16 LE declared": _as_utf16(SAMPLE_A_TEXT).encode("utf-16-le"),
+    "UTF-16 BE declared": _as_utf16(SAMPLE_A_TEXT).encode("utf-16-be"),
+    "error form with an attribute": ERROR_A_TEXT.replace(
+        'Name="SubscriptionId">', f'Name="SubscriptionId" xmlns:t="{TYPES_NS}">'
+    ).encode(),
+    "error form, CDATA": ERROR_A_TEXT.replace(
+        f'"SubscriptionId">{SUBSCRIPTION_A}', f'"SubscriptionId"><![CDATA[{SUBSCRIPTION_A}]]>'
+    ).encode(),
+    "error form, UTF-16": _as_utf16(ERROR_A_TEXT).encode("utf-16"),
+}
+
+
+@pytest.mark.parametrize("shape", list(SCAN_SHAPES))
+def test_scan_finds_the_subscription_id_in_every_shape_the_parser_accepts(shape: str) -> None:
+    from worker.parse import parse_payload
+
+    body = SCAN_SHAPES[shape]
+    assert SUBSCRIPTION_A in repr(parse_payload(body))  # the worker reads this id from it: so must the scan
+    assert soap.scan_subscription_ids(body) == [SUBSCRIPTION_A]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"<t:SubscriptionId/>{SUBSCRIPTION_A}".encode(),  # an empty element: the text after it is not its id
+        f'<t:SubscriptionId xmlns:t="{TYPES_NS}"/> {SUBSCRIPTION_A}'.encode(),
+        f"<t:SubscriptionIdX>{SUBSCRIPTION_A}</t:SubscriptionIdX>".encode(),
+        b"<t:SubscriptionId><![CDATA[]]></t:SubscriptionId>",
+        b"<t:SubscriptionId>  </t:SubscriptionId>",
+        b"\xff\xfe",
+        b"",
+    ],
+)
+def test_scan_finds_no_id_where_there_is_none(body: bytes) -> None:
+    assert soap.scan_subscription_ids(body) == []
+
+
+def test_scan_of_mixed_shapes_keeps_document_order() -> None:
+    body = (
+        f'<SubscriptionId xmlns="{TYPES_NS}">{SUBSCRIPTION_B}</SubscriptionId>'
+        f"<t:SubscriptionId><![CDATA[{SUBSCRIPTION_A}]]></t:SubscriptionId>"
+        f'<t:Value Name="SubscriptionId" xmlns:t="{TYPES_NS}">{SUBSCRIPTION_B}</t:Value>'
+    ).encode()
+    assert soap.scan_subscription_ids(body) == [SUBSCRIPTION_B, SUBSCRIPTION_A]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<SubscriptionId " * 60_000,  # start tags that never end
+        (b"<SubscriptionId " + b"a" * 500) * 2_000,
+        b"SubscriptionId" * 70_000,
+        b"<" * 1_000_000,
+        "<x>SubscriptionId</x>".encode("utf-16") * 20_000,
+    ],
+    ids=["unclosed tags", "long unclosed tags", "bare names", "angle brackets", "UTF-16 names"],
+)
+def test_scan_of_a_hostile_body_stays_fast(body: bytes) -> None:
+    started = time.perf_counter()
+    assert soap.scan_subscription_ids(body) == []
+    assert time.perf_counter() - started < 1.0  # ~0.1 s at worst on a loaded CI machine
+
+
+def test_server_never_lets_uvicorn_rewrite_the_client_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from ingress import server
+
+    options: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: options.update(kwargs))
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    server.serve("127.0.0.1", 8080, 1, "info")
+    assert options["proxy_headers"] is False
+    assert options["forwarded_allow_ips"] == []
+    for name in ("proxy_headers", "forwarded_allow_ips"):
+        with pytest.raises(ValueError, match=name):
+            server.serve("127.0.0.1", 8080, 1, "info", **{name: True})
+
+
+def test_refusal_before_the_body_arrived_reads_the_rest_and_closes(
+    make_settings: SettingsFactory, redis: Redis
+) -> None:
+    settings = make_settings(max_body_bytes=LIMIT)
+    with running(settings) as client:
+        declared = post(client, b"x" * (LIMIT * 3))
+        # (TestClient hands the app a body in one piece: a 413 mid-body is tested on the real server)
+        early = post(client, b"x" * (LIMIT * 3), headers={**EXCHANGE_HEADERS, **WRONG_ACTION})
+        read_whole = post(client, b"not gzip", headers={**EXCHANGE_HEADERS, "Content-Encoding": "gzip"})
+    for response, status in ((declared, 413), (early, 400)):
+        assert_rejected(response, status)
+        assert response.headers["connection"] == "close"  # the connection closes after the lingering read
+    assert_rejected(read_whole, 400)
+    assert "connection" not in read_whole.headers  # the body was all read: the connection stays open
+    assert_nothing_stored(redis, settings)
 
 
 # --------------------------------------------------------------------------------------------------------
