@@ -34,7 +34,17 @@ from tests.payloads import (
     notification_message,
     watermark,
 )
-from worker.parse import EVENT_KINDS, ErrorMessage, Event, Notification, ParsedPayload, parse_payload
+from worker import safexml
+from worker.parse import (
+    EVENT_KINDS,
+    MESSAGES_NS,
+    TYPES_NS,
+    ErrorMessage,
+    Event,
+    Notification,
+    ParsedPayload,
+    parse_payload,
+)
 
 SAMPLES = Path(__file__).parent / "samples"
 ERROR_CLASSES = {
@@ -144,11 +154,16 @@ def test_00_seed_sample() -> None:
 
 
 def test_00_seed_sample_malformed_is_located() -> None:
-    # The SubscriptionId's closing tag lacks its '/', so expat trips over </m:Notification>; the column is
-    # 1-based and points at the tag's name.
-    message = refused(sample("00_seed_sample_malformed.xml"), "malformed_xml")
-    assert message == "payload is not well-formed XML: mismatched tag at line 1, column 1894"
-    assert sample("00_seed_sample_malformed.xml")[1891:1910] == b"</m:Notification></"
+    # The SubscriptionId's closing tag lacks its '/', so expat trips over </m:Notification> (the column is
+    # 1-based and points at the tag's name); the message names the element left open where it opened.
+    body = sample("00_seed_sample_malformed.xml")
+    message = refused(body, "malformed_xml")
+    assert message == (
+        "payload is not well-formed XML: mismatched tag at line 1, column 1894: "
+        "<t:SubscriptionId> opened at line 1, column 785 is not closed"
+    )
+    assert body[1891:1910] == b"</m:Notification></"
+    assert body[784:802] == b"<t:SubscriptionId>" and body[638:656] == b"<t:SubscriptionId>"
 
 
 def test_01_status_event() -> None:
@@ -479,7 +494,12 @@ def test_builder_prefixes() -> None:
 def test_right_prefix_wrong_namespace_is_not_accepted() -> None:
     types = b"http://schemas.microsoft.com/exchange/services/2006/types"
     body = sample("02_created_event_item.xml").replace(types, b"urn:not-ews-types")
-    refused(body, "unknown_structure", "response message 1: Notification holds an unknown element")
+    refused(
+        body,
+        "unknown_structure",
+        "response message 1: SubscriptionId is in namespace 'urn:not-ews-types', "
+        "expected 'http://schemas.microsoft.com/exchange/services/2006/types'",
+    )
     envelope_wrong = sample("02_created_event_item.xml").replace(SOAP11_NS.encode(), b"urn:not-soap")
     refused(envelope_wrong, "not_send_notification", "not a SOAP envelope")
 
@@ -487,7 +507,8 @@ def test_right_prefix_wrong_namespace_is_not_accepted() -> None:
 def test_namespace_uri_equal_to_a_short_name_is_not_mistaken_for_it() -> None:
     # The parser's own short names ("t", "m", "soap") must not be reachable by declaring them as URIs.
     types = b"http://schemas.microsoft.com/exchange/services/2006/types"
-    refused(sample("02_created_event_item.xml").replace(types, b"t"), "unknown_structure", "unknown element")
+    body = sample("02_created_event_item.xml").replace(types, b"t")
+    refused(body, "unknown_structure", "response message 1: SubscriptionId is in namespace 't', expected 'http")
 
 
 # --- error classes ------------------------------------------------------------------------------------------
@@ -525,10 +546,13 @@ def test_lying_or_unusable_encoding_declaration(declared: str, fragment: str) ->
     refused(body, "not_xml", fragment)
 
 
-def test_truncated_payload_is_malformed_at_its_end() -> None:
+def test_truncated_payload_is_called_truncated_and_names_the_innermost_open_element() -> None:
     body = sample("02_created_event_item.xml")[:1000]
-    line = body.count(b"\n") + 1
-    refused(body, "malformed_xml", "payload is not well-formed XML: ", f"at line {line}, column")
+    assert body.count(b"\n") == 13 and body.splitlines()[13].startswith(b"            <t:PreviousWatermark>")
+    message = refused(body, "malformed_xml")
+    assert message == (
+        "payload is truncated at line 14, column 67: <t:PreviousWatermark> opened at line 14, column 13 is never closed"
+    )
 
 
 @pytest.mark.parametrize(
@@ -588,6 +612,193 @@ def test_doctype_inside_a_real_notification_is_refused() -> None:
     refused(body, "dtd_forbidden", "at line 2, column 1")
 
 
+# --- where a malformed body went wrong ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b"<a>\n  <b>\n  </a>",
+            "payload is not well-formed XML: mismatched tag at line 3, column 5: <b> opened at line 2, column 3 "
+            "is not closed",
+        ),
+        (
+            b"<a><b><c></c></a></b>",
+            "payload is not well-formed XML: mismatched tag at line 1, column 16: <b> opened at line 1, column 4 "
+            "is not closed",
+        ),
+        (
+            "<a>\n<ä>ü</b></a>".encode("utf-16"),  # columns count characters, whatever the encoding
+            "payload is not well-formed XML: mismatched tag at line 2, column 7: <ä> opened at line 2, column 1 "
+            "is not closed",
+        ),
+    ],
+)
+def test_mismatched_tag_names_the_element_left_open(body: bytes, message: str) -> None:
+    assert refused(body, "malformed_xml") == message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<a><b>x", "payload is truncated at line 1, column 8: <b> opened at line 1, column 4 is never closed"),
+        (b"<a>\n<b>x</b>", "payload is truncated at line 2, column 9: <a> opened at line 1, column 1 is never closed"),
+        # cut inside a tag, a CDATA section, a character: the element around it is named
+        (b"<a><b", "payload is truncated at line 1, column 4: <a> opened at line 1, column 1 is never closed"),
+        (b"<a><![CDATA[x", "payload is truncated at line 1, column 14: <a> opened at line 1, column 1 is never closed"),
+        (
+            "<a>é".encode()[:-1],
+            "payload is truncated at line 1, column 4: <a> opened at line 1, column 1 is never closed",
+        ),
+        (b'<a x="1', "payload is truncated at line 1, column 1, before its root element opened"),
+        (b"<?xml version='1.0'?><!-- x", "payload is truncated at line 1, column 22, before its root element opened"),
+    ],
+)
+def test_truncated_body_is_called_truncated(body: bytes, message: str) -> None:
+    assert refused(body, "malformed_xml") == message
+
+
+def test_truncated_notification_names_where_it_was_cut() -> None:
+    good = sample("00_seed_sample.xml")
+    cut = good[: good.index(b"</t:Watermark>")]
+    message = refused(cut, "malformed_xml")
+    opened = good.index(b"<t:Watermark>") + 1
+    assert message == (
+        f"payload is truncated at line 1, column {len(cut) + 1}: <t:Watermark> opened at line 1, column {opened} "
+        "is never closed"
+    )
+    # cut right after a start tag: that element is the one left open
+    send = good.index(b"<m:SendNotification ")
+    cut = good[: good.index(b">", send) + 1]
+    assert refused(cut, "malformed_xml") == (
+        f"payload is truncated at line 1, column {len(cut) + 1}: <m:SendNotification> opened at line 1, "
+        f"column {send + 1} is never closed"
+    )
+
+
+def test_a_body_without_any_element_is_not_called_truncated() -> None:
+    message = refused(b"<?xml version='1.0'?>\n", "malformed_xml")
+    assert message == "payload is not well-formed XML: no element found at line 2, column 1"
+
+
+def test_long_element_names_keep_their_local_name_when_clipped() -> None:
+    prefix = "p" * 200
+    body = f'<{prefix}:SubscriptionId xmlns:{prefix}="urn:x">x</b>'.encode()
+    message = refused(body, "malformed_xml")
+    assert f"<{'p' * 32}…:SubscriptionId> opened at line 1, column 1 is not closed" in message
+    assert len(message) < 200
+    uri = "urn:" + "u" * 500
+    root = refused(f'<Envelope xmlns="{uri}"/>'.encode(), "not_send_notification")
+    assert root == f"payload is not a SOAP envelope: its root element is <{{{uri[:31]}…}}:Envelope>"
+    events = [make_event("Created", watermark(2)), f'<x:Extra xmlns:x="{uri}"/>']
+    unknown = refused(make_notification(SUBSCRIPTION_A, None, events), "unknown_structure")
+    assert unknown == f"response message 1: Notification holds an unknown element <{{{uri[:31]}…}}:Extra>"
+    long_local = "L" * 100
+    unknown = refused(make_notification(SUBSCRIPTION_A, None, [f"<t:{long_local}/>"]), "unknown_structure")
+    assert unknown == f"response message 1: Notification holds an unknown element <t:{'L' * 60}…>"
+
+
+def test_the_good_path_makes_no_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    def second_pass(*_: object) -> None:
+        raise AssertionError("a well-formed body was parsed twice")
+
+    monkeypatch.setattr(safexml, "_open_elements", second_pass)
+    assert parse_sample("00_seed_sample.xml").notifications
+    refused(b"<a>&xxe;</a>", "malformed_xml", "undefined entity at line 1, column 4")  # nor on other errors
+    refused(BILLION_LAUGHS, "dtd_forbidden")
+
+
+# --- an expected element elsewhere is not a missing one -----------------------------------------------------
+
+_WRONG = "urn:wrong"
+
+
+def _notification_in(
+    namespace_declaration: str, name: str = "x:Notification", response_class: str = "Success"
+) -> bytes:
+    return envelope(
+        f'<m:SendNotificationResponseMessage ResponseClass="{response_class}"><m:ResponseCode>NoError</m:ResponseCode>'
+        f"<{name} {namespace_declaration}><t:SubscriptionId>{SUBSCRIPTION_A}</t:SubscriptionId>"
+        f"{make_event('Created', watermark(2))}</{name}></m:SendNotificationResponseMessage>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            _notification_in(f'xmlns:x="{_WRONG}"'),
+            f"response message 1: Notification is in namespace '{_WRONG}', expected '{MESSAGES_NS}'",
+        ),
+        (
+            _notification_in(f'xmlns:x="{_WRONG}"', response_class="Warning"),
+            f"response message 1: Notification is in namespace '{_WRONG}', expected '{MESSAGES_NS}'",
+        ),
+        (
+            _notification_in("", "t:Notification"),
+            f"response message 1: Notification is in namespace '{TYPES_NS}', expected '{MESSAGES_NS}'",
+        ),
+        (
+            _notification_in('xmlns=""', "Notification"),
+            f"response message 1: Notification has no namespace, expected '{MESSAGES_NS}'",
+        ),
+    ],
+)
+def test_notification_in_a_wrong_namespace_is_named_not_missing(body: bytes, message: str) -> None:
+    assert refused(body, "unknown_structure") == message
+
+
+def test_elements_in_a_wrong_namespace_are_named_at_every_level() -> None:
+    seed = sample("00_seed_sample.xml")
+    body = seed.replace(b"<soap11:Body>", b'<w:Body xmlns:w="urn:wrong">').replace(b"</soap11:Body>", b"</w:Body>")
+    assert refused(body, "not_send_notification") == (
+        "SOAP envelope: Body is in namespace 'urn:wrong', expected "
+        "'http://schemas.xmlsoap.org/soap/envelope/' or 'http://www.w3.org/2003/05/soap-envelope'"
+    )
+    body = seed.replace(b"<m:SendNotification ", b"<t:SendNotification ").replace(
+        b"</m:SendNotification>", b"</t:SendNotification>"
+    )
+    assert refused(body, "not_send_notification") == (
+        f"SOAP Body: SendNotification is in namespace '{TYPES_NS}', expected '{MESSAGES_NS}'"
+    )
+    body = seed.replace(b"m:ResponseMessages>", b"t:ResponseMessages>")
+    assert refused(body, "unknown_structure") == (
+        f"SendNotification: ResponseMessages is in namespace '{TYPES_NS}', expected '{MESSAGES_NS}'"
+    )
+    body = seed.replace(b"m:SendNotificationResponseMessage", b"t:SendNotificationResponseMessage")
+    assert refused(body, "unknown_structure") == (
+        f"ResponseMessages: SendNotificationResponseMessage is in namespace '{TYPES_NS}', expected '{MESSAGES_NS}'"
+    )
+    where = f"response message 1, event 1 (CreatedEvent) of subscription {SHORT_A}"
+    for element in ("Watermark", "TimeStamp", "ItemId"):
+        event = make_event("Created", watermark(2), item_id=ITEM_ID).replace(f"t:{element}", f"m:{element}")
+        assert refused(make_notification(SUBSCRIPTION_A, None, [event]), "unknown_structure") == (
+            f"{where}: {element} is in namespace '{MESSAGES_NS}', expected '{TYPES_NS}'"
+        )
+
+
+@pytest.mark.parametrize(
+    "empty",
+    ["<t:SubscriptionId/>", "<t:SubscriptionId></t:SubscriptionId>", "<t:SubscriptionId>\n \t</t:SubscriptionId>"],
+)
+def test_empty_subscription_id_is_called_empty_not_missing(empty: str) -> None:
+    body = make_notification(SUBSCRIPTION_A, None, [make_event("Created", watermark(2))]).replace(
+        f"<t:SubscriptionId>{SUBSCRIPTION_A}</t:SubscriptionId>".encode(), empty.encode()
+    )
+    assert refused(body, "no_subscription_id") == "response message 1: SubscriptionId is empty"
+
+
+@pytest.mark.parametrize("element", ["Watermark", "TimeStamp"])
+def test_empty_watermark_or_timestamp_is_called_empty_not_missing(element: str) -> None:
+    event = make_event("Created", watermark(2))
+    start = event.index(f"<t:{element}>")
+    event = event[:start] + f"<t:{element}> </t:{element}>" + event[event.index(f"</t:{element}>") + len(element) + 5 :]
+    assert refused(make_notification(SUBSCRIPTION_A, None, [event]), "unknown_structure") == (
+        f"response message 1, event 1 (CreatedEvent) of subscription {SHORT_A}: {element} is empty"
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -618,12 +829,12 @@ def test_no_subscription_id() -> None:
         notification_message(SUBSCRIPTION_A, None, events),
         notification_message(" \n ", None, events),
     )
-    refused(blank, "no_subscription_id", "response message 2: Notification has no SubscriptionId")
+    assert refused(blank, "no_subscription_id") == "response message 2: SubscriptionId is empty"
     empty = envelope(
         '<m:SendNotificationResponseMessage ResponseClass="Success"><m:Notification/>'
         "</m:SendNotificationResponseMessage>"
     )
-    refused(empty, "no_subscription_id", "response message 1")
+    assert refused(empty, "no_subscription_id") == "response message 1: Notification is empty; it has no SubscriptionId"
 
 
 def test_missing_watermark_message_names_message_event_and_subscription() -> None:

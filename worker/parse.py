@@ -4,25 +4,33 @@
 wrong: ``not_xml``, ``malformed_xml``, ``dtd_forbidden``, ``not_send_notification``, ``no_subscription_id``,
 ``unknown_structure`` or ``bad_value``; the message says where.
 
-Elements are matched by namespace URI, never by prefix.  xmltodict groups repeated children by name, which
-would lose the interleaving of events of different types, so the children of every ``Notification`` are keyed
-``(running number, name)``: a dict keeps insertion order, so its order is document order.
+A pure parser: no I/O.  ``worker.safexml`` turns the bytes into xmltodict's dicts (guarded, namespace-aware,
+the children of each ``Notification`` keyed ``(running number, name)`` in document order); this module reads
+the envelope, its response messages, notifications and events from them.  Elements are matched by namespace
+URI, never by prefix; an expected element found in another namespace is named as such, not as missing.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import datetime
 from typing import Any
-from xml.parsers import expat
-
-import xmltodict
 
 from shared.errors import PermanentError
+from worker.safexml import (
+    MESSAGES_NS,
+    SOAP11_NS,
+    SOAP12_NS,
+    TYPES_NS,
+    clip,
+    clip_name,
+    parse_xml,
+    wrong_namespace,
+    xs_boolean,
+    xs_datetime,
+    xs_int,
+)
 
 __all__ = [
     "EVENT_KINDS",
@@ -36,11 +44,6 @@ __all__ = [
     "ParsedPayload",
     "parse_payload",
 ]
-
-SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
-SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
-MESSAGES_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
-TYPES_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
 
 #: Event element name (types namespace) → ``Event.kind``.
 _EVENT_ELEMENTS = {
@@ -57,24 +60,12 @@ _EVENT_ELEMENTS = {
 EVENT_KINDS = tuple(_EVENT_ELEMENTS.values())
 
 _NOTIFICATION = "m:Notification"
+_NOTIFICATION_CHILDREN = {
+    name.partition(":")[2]: name
+    for name in ("t:SubscriptionId", "t:PreviousWatermark", "t:MoreEvents", *_EVENT_ELEMENTS)
+}
 _ABSENT = object()  # an element that is not there, unlike an empty one (which xmltodict gives as None)
 _SHORT_ID = 12
-_MAX_DATETIME = 64  # longer text is no xs:dateTime a datetime can hold; also keeps the cache small
-_CLIP = 60
-_INT32 = range(-(2**31), 2**31)
-_XML_SPACE = b" \t\r\n"
-_UTF8_BOM = b"\xef\xbb\xbf"
-_ENCODING_ERRORS = frozenset(
-    expat.errors.codes[message]
-    for message in (expat.errors.XML_ERROR_UNKNOWN_ENCODING, expat.errors.XML_ERROR_INCORRECT_ENCODING)
-)
-# xs:dateTime, ASCII digits only (\d would also take other scripts' digits).
-_DATETIME = re.compile(
-    r"(-?[0-9]{4,})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})?"
-)
-_XS_INT = re.compile(r"[+-]?[0-9]+")
-_XS_BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,93 +124,7 @@ class ParsedPayload:
 
 def parse_payload(body: bytes) -> ParsedPayload:
     """Parse one POST body; raises ``PermanentError`` (with ``error_class``) if it is not a usable payload."""
-    return _read_envelope(_parse_xml(body))
-
-
-# --- XML --------------------------------------------------------------------------------------------------
-
-
-class _NamespaceMap(dict[str, str]):
-    """Known namespace URIs → short names; any other URI stays whole in braces, so never passes for one."""
-
-    def __missing__(self, uri: str) -> str:
-        return "{" + uri + "}"
-
-
-_NAMESPACES = _NamespaceMap({SOAP11_NS: "soap", SOAP12_NS: "soap", MESSAGES_NS: "m", TYPES_NS: "t"})
-
-
-class _DoctypeFound(Exception):
-    """Raised from expat's DOCTYPE handler, before any of the DTD is read."""
-
-
-def _refuse_doctype(name: str, *_: object) -> None:
-    # A plain function: a closure over the parser would make a reference cycle that only the GC frees.
-    raise _DoctypeFound(name)
-
-
-class _GuardedExpat:
-    """Stands in for the expat module xmltodict uses: its parsers refuse any DOCTYPE at its first byte."""
-
-    @staticmethod
-    def ParserCreate(encoding: str | None = None, namespace_separator: str | None = None) -> Any:
-        parser = expat.ParserCreate(encoding, namespace_separator)
-        parser.StartDoctypeDeclHandler = _refuse_doctype
-        return parser
-
-
-def _ordering_postprocessor() -> Callable[[list[tuple[str, Any]], Any, Any], tuple[Any, Any]]:
-    """Key each child element of a Notification ``(n, name)``, n rising, so dict order is document order."""
-    counter = itertools.count()
-
-    def postprocess(path: list[tuple[str, Any]], key: Any, value: Any) -> tuple[Any, Any]:
-        # path ends with the element being added; its attributes and text come with other keys.
-        if len(path) > 1 and path[-2][0] == _NOTIFICATION and key == path[-1][0]:
-            return (next(counter), key), value
-        return key, value
-
-    return postprocess
-
-
-def _parse_xml(body: bytes) -> Any:
-    """Bytes → xmltodict's nested dicts, or ``PermanentError`` (not_xml, malformed_xml, dtd_forbidden)."""
-    head = body[:2]
-    # UTF-16, with a BOM or without one; expat detects both by itself.
-    if head not in (b"\xff\xfe", b"\xfe\xff", b"<\x00", b"\x00<"):
-        text = body[3:] if body.startswith(_UTF8_BOM) else body
-        text = text.lstrip(_XML_SPACE)
-        if not text:
-            raise PermanentError("payload is empty", "not_xml")
-        if text[:1] != b"<":
-            raise PermanentError(f"payload is not XML: it starts with {text[:24]!r}", "not_xml")
-    try:
-        return xmltodict.parse(
-            body,
-            expat=_GuardedExpat,
-            process_namespaces=True,
-            namespaces=_NAMESPACES,
-            postprocessor=_ordering_postprocessor(),
-        )
-    except _DoctypeFound as exc:
-        raise PermanentError(
-            f"payload has a DOCTYPE ({_clip(str(exc))!r}){_position(body, b'<!DOCTYPE')}; "
-            "DTDs and entities are refused",
-            "dtd_forbidden",
-        ) from exc
-    except expat.ExpatError as exc:
-        reason = expat.ErrorString(exc.code)
-        if exc.code in _ENCODING_ERRORS:
-            raise PermanentError(f"payload cannot be decoded: {reason}", "not_xml") from exc
-        raise PermanentError(
-            f"payload is not well-formed XML: {reason} at line {exc.lineno}, column {exc.offset + 1}",
-            "malformed_xml",
-        ) from exc
-    except (LookupError, ValueError) as exc:
-        # pyexpat hands encodings it does not know to Python's codecs, which raise these for names that
-        # are not single-byte text encodings ("utf-32", "rot13", "foo").
-        raise PermanentError(f"payload declares an encoding that cannot be used: {exc}", "not_xml") from exc
-    except RecursionError as exc:
-        raise PermanentError("payload is nested too deeply", "malformed_xml") from exc
+    return _read_envelope(parse_xml(body, _NOTIFICATION))
 
 
 # --- structure --------------------------------------------------------------------------------------------
@@ -231,52 +136,75 @@ def _read_envelope(doc: Any) -> ParsedPayload:
     root = next(iter(doc))
     if root != "soap:Envelope":
         raise PermanentError(
-            f"payload is not a SOAP envelope: its root element is <{_clip(root)}>", "not_send_notification"
+            f"payload is not a SOAP envelope: its root element is <{clip_name(root)}>", "not_send_notification"
         )
     envelope = doc[root]
     if not isinstance(envelope, dict):
         raise PermanentError("SOAP envelope is empty", "not_send_notification")
     body = envelope.get("soap:Body")
     if not isinstance(body, dict):
+        misplaced = _misplaced(envelope, "soap:Body")
+        if misplaced:
+            raise PermanentError(f"SOAP envelope: {misplaced}", "not_send_notification")
         raise PermanentError("SOAP envelope has no Body (or it is empty)", "not_send_notification")
     send = body.get("m:SendNotification", _ABSENT)
     if send is _ABSENT:
-        found = ", ".join(f"<{_clip(k)}>" for k in body if isinstance(k, str) and not k.startswith(("@", "#")))
+        misplaced = _misplaced(body, "m:SendNotification")
+        if misplaced:
+            raise PermanentError(f"SOAP Body: {misplaced}", "not_send_notification")
+        found = ", ".join(f"<{clip_name(k)}>" for k in _element_names(body))
         raise PermanentError(f"SOAP Body holds {found or 'nothing'}, not <m:SendNotification>", "not_send_notification")
-    send = _one(send, "SendNotification", "SOAP Body")
-    messages = send.get("m:ResponseMessages", _ABSENT) if isinstance(send, dict) else _ABSENT
-    if messages is _ABSENT:
-        raise PermanentError("SendNotification has no ResponseMessages", "unknown_structure")
-    messages = _one(messages, "ResponseMessages", "SendNotification")
-    if not isinstance(messages, dict):
-        messages = {}
-    listed: list[Any] = []
-    for key, value in messages.items():
-        if key == "m:SendNotificationResponseMessage":
-            listed = value if isinstance(value, list) else [value]
-        elif isinstance(key, str) and not key.startswith(("@", "#")):
-            raise PermanentError(f"ResponseMessages holds an unexpected <{_clip(key)}>", "unknown_structure")
-    if not listed:
-        raise PermanentError("ResponseMessages holds no SendNotificationResponseMessage", "unknown_structure")
-
     notifications: list[Notification] = []
     errors: list[ErrorMessage] = []
-    for number, message in enumerate(listed, 1):
-        where = f"response message {number}"
-        if not isinstance(message, dict):
-            raise PermanentError(f"{where} is empty", "unknown_structure")
-        response_class = _attribute(message, "@ResponseClass")
-        notification = _one(message.get(_NOTIFICATION, _ABSENT), "Notification", where)
-        if response_class == "Error" or (response_class == "Warning" and notification is _ABSENT):
-            errors.append(_read_error(message, notification, where))
-        elif response_class in ("Success", "Warning"):
-            if notification is _ABSENT:
-                raise PermanentError(f"{where} (ResponseClass Success) has no Notification", "unknown_structure")
-            notifications.append(_read_notification(notification, where))
+    for number, message in enumerate(_response_messages(_one(send, "SendNotification", "SOAP Body")), 1):
+        read = _read_message(message, f"response message {number}")
+        if isinstance(read, Notification):
+            notifications.append(read)
         else:
-            found = "no ResponseClass" if response_class is None else f"ResponseClass {_clip(response_class)!r}"
-            raise PermanentError(f"{where} has {found}; expected Success, Warning or Error", "unknown_structure")
+            errors.append(read)
     return ParsedPayload(tuple(notifications), tuple(errors), _server_version(envelope))
+
+
+def _response_messages(send: Any) -> list[Any]:
+    """The ``SendNotificationResponseMessage``s of a ``SendNotification``, at least one."""
+    messages = send.get("m:ResponseMessages", _ABSENT) if isinstance(send, dict) else _ABSENT
+    if messages is _ABSENT:
+        misplaced = _misplaced(send, "m:ResponseMessages")
+        found = f": {misplaced}" if misplaced else " has no ResponseMessages"
+        raise PermanentError(f"SendNotification{found}", "unknown_structure")
+    messages = _one(messages, "ResponseMessages", "SendNotification")
+    listed: list[Any] = []
+    for key in _element_names(messages if isinstance(messages, dict) else {}):
+        value = messages[key]
+        if key == "m:SendNotificationResponseMessage":
+            listed = value if isinstance(value, list) else [value]
+            continue
+        wrong = wrong_namespace(key, "m:SendNotificationResponseMessage")
+        if wrong:
+            raise PermanentError(f"ResponseMessages: {wrong}", "unknown_structure")
+        raise PermanentError(f"ResponseMessages holds an unexpected <{clip_name(key)}>", "unknown_structure")
+    if not listed:
+        raise PermanentError("ResponseMessages holds no SendNotificationResponseMessage", "unknown_structure")
+    return listed
+
+
+def _read_message(message: Any, where: str) -> Notification | ErrorMessage:
+    if not isinstance(message, dict):
+        raise PermanentError(f"{where} is empty", "unknown_structure")
+    response_class = _attribute(message, "@ResponseClass")
+    notification = _one(message.get(_NOTIFICATION, _ABSENT), "Notification", where)
+    if response_class in ("Success", "Warning") and notification is _ABSENT:
+        misplaced = _misplaced(message, _NOTIFICATION)
+        if misplaced:
+            raise PermanentError(f"{where}: {misplaced}", "unknown_structure")
+    if response_class == "Error" or (response_class == "Warning" and notification is _ABSENT):
+        return _read_error(message, notification, where)
+    if response_class in ("Success", "Warning"):
+        if notification is _ABSENT:
+            raise PermanentError(f"{where} (ResponseClass Success) has no Notification", "unknown_structure")
+        return _read_notification(notification, where)
+    found = "no ResponseClass" if response_class is None else f"ResponseClass {clip(response_class)!r}"
+    raise PermanentError(f"{where} has {found}; expected Success, Warning or Error", "unknown_structure")
 
 
 def _server_version(envelope: dict[Any, Any]) -> str | None:
@@ -308,7 +236,8 @@ def _read_error(message: dict[Any, Any], notification: Any, where: str) -> Error
 
 def _read_notification(notification: Any, where: str) -> Notification:
     if not isinstance(notification, dict):
-        raise PermanentError(f"{where}: Notification has no SubscriptionId", "no_subscription_id")
+        found = "is empty" if notification is None else "holds text instead of elements"
+        raise PermanentError(f"{where}: Notification {found}; it has no SubscriptionId", "no_subscription_id")
     subscription_id: str | None = None
     previous: str | None = None
     more = False
@@ -326,15 +255,12 @@ def _read_notification(notification: Any, where: str) -> Notification:
         elif name == "t:PreviousWatermark":
             previous = _watermark(value, f"{where}: PreviousWatermark")
         elif name == "t:MoreEvents":
-            text = _text(value, "MoreEvents", where)
-            if text is not None:
-                if text not in _XS_BOOLEAN:
-                    raise PermanentError(f"{where}: MoreEvents {_clip(text)!r} is not a boolean", "bad_value")
-                more = _XS_BOOLEAN[text]
+            more = xs_boolean(_text(value, "MoreEvents", where), f"{where}: MoreEvents")
         else:
-            raise PermanentError(f"{where}: Notification holds an unknown element <{_clip(name)}>", "unknown_structure")
+            raise PermanentError(f"{where}: {_unknown_child(name)}", "unknown_structure")
     if subscription_id is None:
-        raise PermanentError(f"{where}: Notification has no SubscriptionId", "no_subscription_id")
+        found = "SubscriptionId is empty" if "t:SubscriptionId" in seen else "Notification has no SubscriptionId"
+        raise PermanentError(f"{where}: {found}", "no_subscription_id")
     if not raw_events:
         raise PermanentError(
             f"{where}: Notification of subscription {_short(subscription_id)!r} has no events",
@@ -347,6 +273,13 @@ def _read_notification(notification: Any, where: str) -> Notification:
     return Notification(subscription_id, previous, more, events)
 
 
+def _unknown_child(name: str) -> str:
+    """Why ``name`` cannot be a child of a Notification: a known element in another namespace, or unknown."""
+    expected = _NOTIFICATION_CHILDREN.get(name.rpartition(":")[2])
+    wrong = wrong_namespace(name, expected) if expected else None
+    return wrong or f"Notification holds an unknown element <{clip_name(name)}>"
+
+
 def _read_event(name: str, value: Any, where: str) -> Event:
     kind = _EVENT_ELEMENTS[name]
     if value is None:
@@ -357,16 +290,19 @@ def _read_event(name: str, value: Any, where: str) -> Event:
     if kind == "Status":
         return Event(kind, watermark, None)
     if watermark is None:
-        raise PermanentError(f"{where} has no Watermark", "unknown_structure")
+        raise PermanentError(_missing(value, "t:Watermark", where), "unknown_structure")
     stamp_text = _text(_one(value.get("t:TimeStamp"), "TimeStamp", where), "TimeStamp", where)
     if stamp_text is None:
-        raise PermanentError(f"{where} has no TimeStamp", "unknown_structure")
-    timestamp = _xs_datetime(stamp_text) if len(stamp_text) <= _MAX_DATETIME else None
+        raise PermanentError(_missing(value, "t:TimeStamp", where), "unknown_structure")
+    timestamp = xs_datetime(stamp_text)
     if timestamp is None:
-        raise PermanentError(f"{where}: TimeStamp {_clip(stamp_text)!r} is not an xs:dateTime", "bad_value")
+        raise PermanentError(f"{where}: TimeStamp {clip(stamp_text)!r} is not an xs:dateTime", "bad_value")
     item_id, item_key = _id(value, "t:ItemId", where)
     folder_id, folder_key = _id(value, "t:FolderId", where)
     if (item_id is None) == (folder_id is None):
+        misplaced = None if item_id is not None else _misplaced(value, "t:ItemId") or _misplaced(value, "t:FolderId")
+        if misplaced:
+            raise PermanentError(f"{where}: {misplaced}", "unknown_structure")
         found = "both" if item_id is not None else "neither"
         raise PermanentError(f"{where} has {found} of ItemId and FolderId; expected one", "unknown_structure")
     unread = _text(_one(value.get("t:UnreadCount"), "UnreadCount", where), "UnreadCount", where)
@@ -382,11 +318,42 @@ def _read_event(name: str, value: Any, where: str) -> Event:
         old_item_id=_id(value, "t:OldItemId", where)[0],
         old_folder_id=_id(value, "t:OldFolderId", where)[0],
         old_parent_folder_id=_id(value, "t:OldParentFolderId", where)[0],
-        unread_count=None if unread is None else _xs_int(unread, f"{where}: UnreadCount"),
+        unread_count=None if unread is None else xs_int(unread, f"{where}: UnreadCount"),
     )
 
 
+# --- namespaces -------------------------------------------------------------------------------------------
+
+
+def _misplaced(node: Any, expected: str) -> str | None:
+    """``_wrong_namespace`` for the first child element of ``node`` that has ``expected``'s local name."""
+    if not isinstance(node, dict):
+        return None
+    for name in _element_names(node):
+        wrong = wrong_namespace(name, expected)
+        if wrong:
+            return wrong
+    return None
+
+
+def _missing(node: dict[Any, Any], expected: str, where: str) -> str:
+    """The message for an element without a value: empty, in another namespace, or not there at all."""
+    local = expected.partition(":")[2]
+    if expected in node:
+        return f"{where}: {local} is empty"
+    misplaced = _misplaced(node, expected)
+    return f"{where}: {misplaced}" if misplaced else f"{where} has no {local}"
+
+
 # --- values -----------------------------------------------------------------------------------------------
+
+
+def _element_names(node: dict[Any, Any]) -> Iterator[str]:
+    """The names of ``node``'s child elements (attributes and text left out, ordered children included)."""
+    for key in node:
+        name = key[1] if isinstance(key, tuple) else key
+        if isinstance(name, str) and not name.startswith(("@", "#")):
+            yield name
 
 
 def _children(notification: dict[Any, Any]) -> Iterator[tuple[tuple[int, str], Any]]:
@@ -425,7 +392,7 @@ def _watermark(value: Any, where: str) -> str | None:
     text = _text(value, "Watermark", where)
     # The store keeps lists of watermarks separated by whitespace; base64 never contains any.
     if text is not None and len(text.split()) > 1:
-        raise PermanentError(f"{where}: watermark {_clip(text)!r} contains whitespace", "bad_value")
+        raise PermanentError(f"{where}: watermark {clip(text)!r} contains whitespace", "bad_value")
     return text
 
 
@@ -440,58 +407,6 @@ def _id(event: dict[Any, Any], name: str, where: str) -> tuple[str | None, str |
     return _attribute(value, "@Id"), _attribute(value, "@ChangeKey")
 
 
-def _xs_int(text: str, where: str) -> int:
-    if _XS_INT.fullmatch(text):
-        try:
-            number = int(text)
-        except ValueError:  # more digits than int() will convert
-            number = 2**31
-        if number in _INT32:
-            return number
-        raise PermanentError(f"{where} {_clip(text)!r} is outside the 32-bit integer range", "bad_value")
-    raise PermanentError(f"{where} {_clip(text)!r} is not an integer", "bad_value")
-
-
-@lru_cache(maxsize=256)
-def _xs_datetime(text: str) -> datetime | None:
-    """An xs:dateTime as an aware UTC datetime (no zone given means UTC), or ``None`` if it is not one."""
-    match = _DATETIME.fullmatch(text)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    micro = int(fraction[:6].ljust(6, "0")) if fraction else 0
-    tz = UTC
-    if zone and zone != "Z":
-        hours, minutes = int(zone[1:3]), int(zone[4:6])
-        if minutes > 59 or hours * 60 + minutes > 14 * 60:
-            return None
-        offset = timedelta(hours=hours, minutes=minutes)
-        tz = timezone(-offset if zone[0] == "-" else offset)
-    try:
-        # 24:00:00 is the end of the day, i.e. midnight of the next.
-        if hour == "24" and minute == second == "00" and not micro:
-            stamp = datetime(int(year), int(month), int(day), tzinfo=tz) + timedelta(days=1)
-        else:
-            stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz)
-        return stamp.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _position(body: bytes, needle: bytes) -> str:
-    """Where ``needle`` first occurs, as text to append to a message; empty if not found (e.g. in UTF-16)."""
-    offset = body.find(needle)
-    if offset < 0:
-        return ""
-    line = body.count(b"\n", 0, offset) + 1
-    column = offset - (body.rfind(b"\n", 0, offset) + 1) + 1
-    return f" at line {line}, column {column}"
-
-
 def _short(subscription_id: str) -> str:
     """A subscription id shortened for messages: its first 12 characters and an ellipsis."""
     return subscription_id if len(subscription_id) <= _SHORT_ID else subscription_id[:_SHORT_ID] + "…"
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _CLIP else text[:_CLIP] + "…"
