@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis import Redis
+from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import resolve_serializer
 
 from shared import inflight
+from shared.queues import QUEUE_NAME
 from shared.store_job import dead_letters, is_dead_letter, payload_of
 
 logger = logging.getLogger(__name__)
@@ -189,6 +191,11 @@ def replay(
         if progress is not None:
             progress(outcome)
     return outcome, replayed
+
+
+def workers_alive(redis: Redis) -> int:
+    """Workers registered on the queue now: with none, a replayed entry waits there until one starts."""
+    return Worker.count(queue=Queue(QUEUE_NAME, connection=redis))
 
 
 def await_outcome(

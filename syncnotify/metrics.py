@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 
@@ -16,8 +15,6 @@ from shared.queues import QUEUE_NAME
 from shared.schema import SUBSCRIPTION_STATES
 from syncnotify import status
 
-logger = logging.getLogger(__name__)
-
 
 class QueueCollector:
     """Gauges read at scrape time: the queue, the dead-letter queue and the subscriptions by shown state."""
@@ -27,7 +24,6 @@ class QueueCollector:
         self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-
         queue = Queue(QUEUE_NAME, connection=self.redis)
         yield GaugeMetricFamily("syncnotify_queue_depth", "Jobs waiting on the queue", value=queue.count)
         oldest = status.oldest_queued_seconds(self.redis, queue)
@@ -50,12 +46,13 @@ class QueueCollector:
 
 
 def serve(port: int, host: str, redis: Redis, engine: Engine) -> None:
-    """Serve the sum of every worker process's metrics, plus the queue gauges, on ``host:port``."""
+    """Serve the sum of every worker process's metrics, plus the queue gauges, on ``host:port`` (a thread).
+
+    ``OSError`` if the port cannot be had (``errno.EADDRINUSE``: another process serves there): the caller
+    says so and stops, since workers silently without metrics look dead to the monitoring.
+    """
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueCollector(redis, engine))
-    try:
-        start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:  # the workers matter more than their metrics: go on without
-        logger.error("cannot serve worker metrics on %s:%d: %s", host, port, exc)
+    start_http_server(port, addr=host, registry=registry)

@@ -14,8 +14,8 @@ from redis import Redis
 from sqlalchemy import select
 
 from shared.schema import make_engine, notifications
-from syncnotify.redis_server import reachable, start_redis
-from tests.conftest import SAMPLES, RedisServer, free_port
+from syncnotify.redis_server import EmbeddedRedis, free_port, reachable
+from tests.conftest import SAMPLES
 from tests.processes import SYNCNOTIFY, run, service_env, wait_for, wait_http
 
 
@@ -69,23 +69,14 @@ def test_up_with_embedded_redis_serves_stores_and_stops_cleanly_on_ctrl_c(tmp_pa
 
 
 def test_embedded_redis_keeps_queued_data_across_a_restart(tmp_path: Path) -> None:
-    process, url = start_redis(tmp_path / "redis")
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
     try:
-        from redis import Redis
-
-        Redis.from_url(url).rpush("rq:queue:syncnotify", b"job-1")
+        server.client().rpush("rq:queue:syncnotify", b"job-1")
+        server.restart()
+        assert server.client().lrange("rq:queue:syncnotify", 0, -1) == [b"job-1"]
     finally:
-        process.terminate()
-        process.wait(10)
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    process, url = start_redis(tmp_path / "redis", port=port)
-    try:
-        from redis import Redis
-
-        assert Redis.from_url(url).lrange("rq:queue:syncnotify", 0, -1) == [b"job-1"]
-    finally:
-        process.terminate()
-        process.wait(10)
+        server.stop()
 
 
 def test_send_reports_unreadable_file_in_one_line(tmp_path: Path) -> None:
@@ -111,7 +102,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_json_logs_carry_job_and_payload_fields_and_never_the_payload(
-    redis_server: RedisServer, redis: Redis, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path
 ) -> None:
     from shared.settings import Settings
     from shared.store_job import enqueue_payloads
@@ -143,3 +134,42 @@ def test_json_logs_carry_job_and_payload_fields_and_never_the_payload(
     failed = next(entry for entry in lines if "fails permanently" in entry["message"])
     assert failed["tenant"] == "Default" and failed["payload_id"] == "p1" and failed["job_id"]
     assert marker not in "\n".join(e["message"] for e in lines if e["level"] == "INFO")
+
+
+def test_a_second_worker_on_a_taken_metrics_port_exits_1_in_one_line(
+    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path
+) -> None:
+    from rq import Worker
+
+    from tests.processes import started
+
+    env = service_env(redis_server.url, f"sqlite:///{tmp_path / 'w.db'}", tmp_path)
+    assert run(["db", "upgrade"], env, tmp_path).returncode == 0
+    port = free_port()
+    with started(["worker", "--metrics-port", str(port)], env, tmp_path, tmp_path / "first.log"):
+        wait_http(f"http://127.0.0.1:{port}/metrics")
+        wait_for(lambda: Worker.count(connection=redis) == 1, 30, "the first worker to register")
+        second = run(["worker", "--metrics-port", str(port)], env, tmp_path, timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert second.stderr.strip().splitlines() == [
+            f"syncnotify: metrics port {port} is in use (another syncnotify worker?): "
+            "choose another with --metrics-port, or 0 to serve none"
+        ]
+        assert Worker.count(connection=redis) == 1, "the second started no worker process"
+
+
+def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    env = service_env("redis://127.0.0.1:9/0", f"sqlite:///{tmp_path / 'u.db'}", tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        result = run(["up", "--port", str(metrics_port - 2)], env, tmp_path, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"syncnotify: port {metrics_port} (worker metrics) is in use (another syncnotify up?): "
+        "choose another base with --port"
+    ]
+    assert not (tmp_path / "u.db").exists(), "nothing was started, not even the migration"

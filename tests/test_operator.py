@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -22,16 +23,18 @@ from redis import Redis
 from sqlalchemy import Engine, select, update
 
 from shared import store_job
-from shared.schema import notifications, subscriptions
+from shared.ews import SOAP_ACTION
+from shared.schema import make_engine, notifications, subscriptions
 from shared.types import Payload
 from syncnotify import dlq
-from tests.conftest import SAMPLES, RedisServer, free_port
+from syncnotify.redis_server import EmbeddedRedis, free_port
+from tests.conftest import SAMPLES
 from tests.payloads import make_event, make_notification, watermark
 from tests.processes import run, service_env, started, wait_for, wait_http
 
 SOAP_HEADERS = {
     "Content-Type": "text/xml; charset=utf-8",
-    "SOAPAction": '"http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"',
+    "SOAPAction": f'"{SOAP_ACTION}"',
 }
 
 
@@ -69,7 +72,7 @@ def cli(env: dict[str, str], tmp: Path, *args: str) -> subprocess.CompletedProce
     return run(list(args), env, tmp)
 
 
-def cli_json(env: dict[str, str], tmp: Path, *args: str) -> object:
+def cli_json(env: dict[str, str], tmp: Path, *args: str) -> Any:
     result = cli(env, tmp, *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -81,7 +84,7 @@ def post(url: str, body: bytes) -> httpx.Response:
 
 @pytest.fixture
 def service(
-    redis_server: RedisServer, redis: Redis, database_url: str, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], str]]:
     """Ingress and a worker, with fast retries: (environment for CLI calls, notification URL)."""
     url = database_url + ("?timeout=1" if database_url.startswith("sqlite") else "")
@@ -105,7 +108,8 @@ def test_malformed_sample_is_listed_shown_replayed_and_purged(
     assert post(url, (SAMPLES / "02_created_event_item.xml").read_bytes()).status_code == 200
 
     def listed() -> list[dict[str, object]]:
-        return cli_json(env, tmp_path, "dlq", "list")  # type: ignore[return-value]
+        entries: list[dict[str, object]] = cli_json(env, tmp_path, "dlq", "list")
+        return entries
 
     wait_for(lambda: len(listed()) == 1, 30, "the malformed payload in the dead-letter queue")
     (entry,) = listed()
@@ -155,7 +159,7 @@ def test_database_outage_dead_letters_then_replay_stores_everything_once_in_orde
         for body in bodies:  # one at a time, as Exchange sends them
             assert post(url, body).status_code == 200
         wait_for(
-            lambda: len(cli_json(env, tmp_path, "dlq", "list", "--error", "transient")) == 5,  # type: ignore[arg-type]
+            lambda: len(cli_json(env, tmp_path, "dlq", "list", "--error", "transient")) == 5,
             90,
             "five payloads retried and dead-lettered",
         )
@@ -187,8 +191,8 @@ def test_status_and_subscriptions_commands(
     for name in ("02_created_event_item.xml", "03_modified_event_item_and_folder.xml", "10_more_events_part1.xml"):
         assert post(url, (SAMPLES / name).read_bytes()).status_code == 200
     assert post(url, b"not xml at all").status_code == 200
-    wait_for(lambda: len(cli_json(env, tmp_path, "subscriptions", "list")) == 2, 30, "two subscriptions")  # type: ignore[arg-type]
-    wait_for(lambda: len(cli_json(env, tmp_path, "dlq", "list")) == 1, 30, "the junk payload dead-lettered")  # type: ignore[arg-type]
+    wait_for(lambda: len(cli_json(env, tmp_path, "subscriptions", "list")) == 2, 30, "two subscriptions")
+    wait_for(lambda: len(cli_json(env, tmp_path, "dlq", "list")) == 1, 30, "the junk payload dead-lettered")
 
     status = cli_json(env, tmp_path, "status")
     assert isinstance(status, dict)
@@ -209,7 +213,7 @@ def test_status_and_subscriptions_commands(
     listed = cli_json(env, tmp_path, "subscriptions", "list")
     assert isinstance(listed, list) and [s["state"] for s in listed] == ["stale", "active"]
     assert listed[0]["subscription_id"] == a and listed[0]["last_seq"] == 4
-    assert [s["subscription_id"] for s in cli_json(env, tmp_path, "subscriptions", "list", "--state", "stale")] == [a]  # type: ignore[union-attr]
+    assert [s["subscription_id"] for s in cli_json(env, tmp_path, "subscriptions", "list", "--state", "stale")] == [a]
     table = cli(env, tmp_path, "subscriptions", "list")
     assert table.stdout.splitlines()[0].split()[:3] == ["TENANT", "SUBSCRIPTION", "STATE"]
 
@@ -221,11 +225,11 @@ def test_status_and_subscriptions_commands(
         10,
         "the ingress to answer Unsubscribe",
     )
-    states = {s["subscription_id"]: s["state"] for s in cli_json(env, tmp_path, "subscriptions", "list")}  # type: ignore[union-attr]
+    states = {s["subscription_id"]: s["state"] for s in cli_json(env, tmp_path, "subscriptions", "list")}
     assert states[a] == "unsubscribed"
 
 
-def test_dlq_filters_and_json(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> None:
+def test_dlq_filters_and_json(redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path) -> None:
     env = service_env(redis_server.url, f"sqlite:///{tmp_path / 'x.db'}", tmp_path)
     old = Payload(
         id="a" * 32,
@@ -245,11 +249,11 @@ def test_dlq_filters_and_json(redis_server: RedisServer, redis: Redis, tmp_path:
     )
     store_job.dead_letter(redis, old, "not_send_notification", "payload has no SOAP Envelope", 1, 3600)
     store_job.dead_letter(redis, new, "not_xml", "payload is not XML", 1, 3600)
-    assert len(cli_json(env, tmp_path, "dlq", "list")) == 2  # type: ignore[arg-type]
-    assert [e["tenant"] for e in cli_json(env, tmp_path, "dlq", "list", "--tenant", "other")] == ["Other"]  # type: ignore[union-attr]
-    assert [e["error_class"] for e in cli_json(env, tmp_path, "dlq", "list", "--error", "not_xml")] == ["not_xml"]  # type: ignore[union-attr]
+    assert len(cli_json(env, tmp_path, "dlq", "list")) == 2
+    assert [e["tenant"] for e in cli_json(env, tmp_path, "dlq", "list", "--tenant", "other")] == ["Other"]
+    assert [e["error_class"] for e in cli_json(env, tmp_path, "dlq", "list", "--error", "not_xml")] == ["not_xml"]
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    assert [e["tenant"] for e in cli_json(env, tmp_path, "dlq", "list", "--since", since)] == ["Other"]  # type: ignore[union-attr]
+    assert [e["tenant"] for e in cli_json(env, tmp_path, "dlq", "list", "--since", since)] == ["Other"]
     bad = cli(env, tmp_path, "dlq", "list", "--since", "yesterday")
     assert bad.returncode == 1 and bad.stderr.strip() == "syncnotify: --since 'yesterday' is not an ISO date or time"
     nothing = cli(env, tmp_path, "dlq", "replay")
@@ -265,8 +269,8 @@ def test_dlq_filters_and_json(redis_server: RedisServer, redis: Redis, tmp_path:
         "failed_again": 0,
         "pending": 0,
     }
-    assert len(cli_json(env, tmp_path, "dlq", "list")) == 2  # type: ignore[arg-type]
-    job_id = next(e["id"] for e in cli_json(env, tmp_path, "dlq", "list", "--tenant", "Other"))  # type: ignore[union-attr]
+    assert len(cli_json(env, tmp_path, "dlq", "list")) == 2
+    job_id = next(e["id"] for e in cli_json(env, tmp_path, "dlq", "list", "--tenant", "Other"))
     shown = cli_json(env, tmp_path, "dlq", "show", job_id)
     assert isinstance(shown, dict) and shown["body_base64"] == "//4ganVuaw=="
 
@@ -301,7 +305,7 @@ def test_sqlite_outage_helper_really_locks(tmp_path: Path, request: pytest.Fixtu
 
 
 def test_dead_letters_are_kept_for_the_retention_days_not_rqs_year(
-    redis_server: RedisServer, redis: Redis, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path
 ) -> None:
     from shared.settings import Settings
     from shared.store_job import enqueue_payloads
@@ -318,3 +322,44 @@ def test_dead_letters_are_kept_for_the_retention_days_not_rqs_year(
     expires = redis.zscore(store_job.dead_letters(redis).key, job_id)
     assert expires is not None and abs(expires - (time.time() + 3 * 86400)) < 120
     assert abs(redis.ttl(f"rq:job:{job_id}") - 3 * 86400) < 120
+
+
+def test_replay_with_no_worker_says_so_at_once_and_leaves_the_entries_queued(
+    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path
+) -> None:
+    from rq import Queue
+
+    from shared.queues import QUEUE_NAME
+
+    database = f"sqlite:///{tmp_path / 'idle.db'}"
+    env = service_env(redis_server.url, database, tmp_path)
+    assert run(["db", "upgrade"], env, tmp_path).returncode == 0
+    body = (SAMPLES / "02_created_event_item.xml").read_bytes()
+
+    def dead_letter(n: int) -> None:
+        payload = Payload(
+            id=f"{n:032x}", tenant="Default", received_at=time.time(), source="::1", subscription_ids=[], body=body
+        )
+        store_job.dead_letter(redis, payload, "transient", "database unavailable", 3, 3600)
+
+    for n in range(3):
+        dead_letter(n)
+
+    started_at = time.monotonic()
+    replay = cli(env, tmp_path, "dlq", "replay", "--all")
+    assert time.monotonic() - started_at < 30, "it must not wait for a worker that is not there"
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert replay.stdout.strip().splitlines() == [
+        "replayed 3 entries; no worker is running, so they wait on the queue: start `syncnotify worker`"
+    ]
+    assert Queue(QUEUE_NAME, connection=redis).count == 3 and store_job.dead_letters(redis).count == 0
+
+    # --json: the document alone on stdout, counting them pending; the note on stderr
+    dead_letter(3)
+    document = cli_json(env, tmp_path, "dlq", "replay", "--all")
+    assert isinstance(document, dict) and document["replayed"] == 1 and document["pending"] == 1
+
+    assert run(["worker", "--burst", "--metrics-port", "0"], env, tmp_path).returncode == 0
+    assert Queue(QUEUE_NAME, connection=redis).count == 0 and store_job.dead_letters(redis).count == 0
+    with make_engine(database).connect() as conn:
+        assert conn.execute(select(notifications.c.id)).all(), "the worker stored the replayed payloads"

@@ -1,0 +1,29 @@
+"""How long ago something happened, spelt one way for the command line and the status page alike."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def duration(seconds: float) -> str:
+    """A length of time in at most two units: ``'0.4 s'``, ``'42 s'``, ``'4 min 10 s'``, ``'2 d 5 h'``."""
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f} s"
+    whole = int(seconds)
+    for unit, size, sub_unit, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
+        if whole >= size:
+            major, rest = divmod(whole, size)
+            minor = rest // sub_size
+            return f"{major} {unit}" + (f" {minor} {sub_unit}" if minor else "")
+    return f"{whole} s"
+
+
+def ago(at: datetime | None, now: datetime) -> str:
+    """``'4 min ago'``, ``'3 h 12 min ago'``, ``'2 d 5 h ago'``; ``'just now'`` under 5 s (or for a time a
+    little ahead of ``now``: clocks differ); ``'never'`` for None."""
+    if at is None:
+        return "never"
+    seconds = int((now - at).total_seconds())
+    if seconds < 5:
+        return "just now"
+    return duration(seconds) + " ago"

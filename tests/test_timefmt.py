@@ -1,0 +1,35 @@
+"""The one "time ago" spelling the command line and the status page share."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from syncnotify.timefmt import ago, duration
+
+NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "just now"),
+        (-30, "just now"),  # a clock a little ahead: never "-30 s ago"
+        (42, "42 s ago"),
+        (250, "4 min 10 s ago"),
+        (3 * 3600 + 12 * 60, "3 h 12 min ago"),
+        (2 * 86400 + 5 * 3600 + 59, "2 d 5 h ago"),
+        (86400, "1 d ago"),
+    ],
+)
+def test_ago(seconds: int, shown: str) -> None:
+    assert ago(NOW - timedelta(seconds=seconds), NOW) == shown
+
+
+def test_ago_never() -> None:
+    assert ago(None, NOW) == "never"
+
+
+def test_duration_below_ten_seconds_has_a_decimal() -> None:
+    assert duration(0.42) == "0.4 s" and duration(10) == "10 s"
