@@ -1,4 +1,4 @@
-"""The operator's status page (``worker/admin.py``), served by a real ``syncnotify admin`` process over a real
+"""The operator's status page (``syncnotify/admin/``), served by a real ``syncnotify admin`` process over a real
 Redis and both databases, and looked at in a real headless browser: Debian's chromium.
 
 The data is put in the way the system itself puts it: rows and subscriptions through ``worker.store``, a gap
@@ -16,10 +16,11 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,9 +34,11 @@ from shared.schema import notifications, subscriptions
 from shared.settings import Settings
 from shared.store_job import enqueue_payloads
 from shared.types import Payload
-from syncnotify.admin.app import create_admin_app, render, rows_per_minute, snapshot
-from syncnotify.status import unsubscribe
-from tests.conftest import RedisServer, free_port
+from syncnotify.admin.app import create_admin_app
+from syncnotify.admin.page import render, render_error
+from syncnotify.admin.snapshot import Snapshot, by_tenant, ordered_states, rows_per_minute, snapshot
+from syncnotify.redis_server import EmbeddedRedis, free_port
+from syncnotify.status import Status, Subscription, unsubscribe
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, error_message, make_event, make_notification, watermark
 from tests.processes import row_count, service_env, started, wait_http
 from worker.parse import parse_payload
@@ -151,7 +154,7 @@ class Admin:
 
 @pytest.fixture
 def admin(
-    engine: Engine, redis: Redis, redis_server: RedisServer, database_url: str, tmp_path: Path
+    engine: Engine, redis: Redis, redis_server: EmbeddedRedis, database_url: str, tmp_path: Path
 ) -> Iterator[Admin]:
     """``syncnotify admin`` on a free port, over the seeded Redis and database."""
     env = service_env(redis_server.url, database_url, tmp_path)
@@ -482,3 +485,83 @@ def test_age_of_the_oldest_queued_payload(engine: Engine, redis: Redis, tmp_path
     enqueue_payloads(redis, [queued], settings)
     age = snapshot(engine, redis, tmp_path / "spool").status.oldest_queued_seconds
     assert age is not None and 90 <= age < 120
+
+
+# --------------------------------------------------------------------------------------------------------
+# The page from a made-up snapshot (no database, no Redis, no browser)
+# --------------------------------------------------------------------------------------------------------
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+#: Markup, an attribute's quote and an entity's ampersand: all of it must reach the reader as text.
+HOSTILE_TEXT = "<script>alert(1)</script> \"quoted\" & 'single'"
+
+
+def made_up(subs: list[Subscription], per_minute: list[int] | None = None, **status: Any) -> Snapshot:
+    by_state: dict[str, int] = {}
+    for one in subs:
+        by_state[one.state] = by_state.get(one.state, 0) + 1
+    quiet = Status(0, None, 1, 0, {}, 0, ordered_states(by_state), 0, 0)
+    return Snapshot(NOW, replace(quiet, **status), per_minute or [0] * 15, by_tenant(subs))
+
+
+def sub(subscription_id: str, state: str = "active", tenant: str = "Default", error: str | None = None) -> Subscription:
+    return Subscription(tenant, subscription_id, state, NOW - timedelta(minutes=4), None, 1, 0, error, 60.0, 0)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_counts_agree_with_their_nouns_and_verbs(n: int) -> None:
+    subs = [sub(f"ROOM-{i}", state="stale") for i in range(n)]
+    snap = made_up(
+        subs,
+        per_minute=[n] + [0] * 14,
+        queue_depth=n,
+        oldest_queued_seconds=90.0,
+        scheduled_retries=n,
+        dead_letter={"malformed_xml": n},
+        spool_backlog=n,
+        gaps=n,
+        waiting_links=n,
+    )
+    dom = parse_dom(render(snap))
+    s, verb_s = ("", "s") if n == 1 else ("s", "")  # "1 payload waits", "3 payloads wait"
+    assert dom.by_id("banner").text == (
+        f"{n} subscription{s} need{verb_s} attention; {n} payload{s} in the dead-letter queue; "
+        f"{n} payload{s} wait{verb_s} in the spool."
+    )
+    assert dom.by_id("queue-oldest").text == f"job{s}; the oldest payload waits 1 min 30 s"
+    assert dom.by_id("retries").find("p").text == f"job{s} waiting to retry"
+    assert dom.by_id("spool").find("p").text == f"payload{s} waiting for Redis"
+    assert dom.by_id("subscription-gaps").text == f"{n} gap{s} · {n} waiting"
+    assert dom.by_id("subscriptions").find("small").text == f"{n} in 1 tenant"
+    assert dom.find("section", **{"data-tenant": "Default"}).find("small").text == f"{n} subscription{s}"
+    assert dom.by_id("throughput-bars").find_all("span")[-1].attrs["title"] == f"{n} row{s} 0–1 min ago"
+
+
+def test_one_attention_needing_subscription_among_others() -> None:
+    snap = made_up([sub("ROOM-1", state="error", error="ErrorReadEventsFailed"), sub("ROOM-2"), sub("ROOM-3")])
+    banner = parse_dom(render(snap)).by_id("banner")
+    assert banner.attrs["class"] == "banner attention"
+    assert banner.text == "1 subscription needs attention."
+
+
+def test_hostile_text_is_escaped_everywhere_it_is_shown() -> None:
+    snap = made_up(
+        [sub(HOSTILE_TEXT, state="error", tenant=HOSTILE_TEXT, error=HOSTILE_TEXT)],
+        dead_letter={HOSTILE_TEXT: 1},
+    )
+    page = render(snap)
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;quoted&#34; &amp; &#39;single&#39;"
+    assert "<script>" not in page and page.count(escaped) >= 5  # id, tenant (attribute, heading), error, class
+    dom = parse_dom(page)
+    assert dom.find_all("script") == []
+    section = dom.find("section", **{"data-tenant": HOSTILE_TEXT})  # the attribute round-trips, quotes and all
+    assert section.find("h2").text == f"Tenant {HOSTILE_TEXT} 1 subscription"
+    row = subscription_rows(dom, HOSTILE_TEXT)[0]
+    assert row["subscription"] == row["error"] == HOSTILE_TEXT
+    assert [li.text for li in dom.by_id("dead-letter-classes").find_all("li")] == [f"{HOSTILE_TEXT} 1"]
+    # the page's own markup and its style sheet are not escaped
+    assert '<section class="tenant" data-tenant=' in page and '"Liberation Sans"' in dom.find("style").text
+
+    error_page = render_error(f"Cannot read Redis: ConnectionError: {HOSTILE_TEXT}")
+    assert "<script>" not in error_page and escaped in error_page
+    assert parse_dom(error_page).find("p", **{"class": "banner bad"}).text.endswith(HOSTILE_TEXT)
