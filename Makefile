@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 WORKERS ?= 2
 
-.PHONY: run test test-quick lint bench clean
+.PHONY: run test test-quick test-fast lint lock bench clean
 
 # tests/test_admin.py renders the admin page in Debian's headless chromium (CI fails, not skips, without it).
 # Installed once when missing (we run as root on Debian); quiet, and a no-op when it is already there.
@@ -15,10 +15,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall only when the project's dependencies change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+# Reinstall only when the project's dependencies or their lock change.
+$(VENV)/.installed: pyproject.toml requirements/dev.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --constraint requirements/dev.lock -e ".[dev]"
 	touch $@
+
+# Record the versions installed now as the lock (after changing the dependencies in pyproject.toml).
+lock: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	{ head -n 2 requirements/dev.lock; $(BIN)/pip freeze --exclude-editable; } > requirements/dev.lock.new
+	mv requirements/dev.lock.new requirements/dev.lock
 
 run: $(VENV)/.installed
 	$(BIN)/syncnotify up --port $(PORT) --workers $(WORKERS)
@@ -27,6 +33,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint | $(CHROMIUM)
 	$(BIN)/python -m pytest
@@ -39,6 +46,10 @@ $(CHROMIUM):
 # While iterating: skip the long soak and fault runs (CI runs them).
 test-quick: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# The module tests alone (no real processes): about a minute.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not system"
 
 # Performance figures next to their baselines (bench/RESULTS.md); BENCH_ARGS=--quick for a smaller run.
 bench: $(VENV)/.installed

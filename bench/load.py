@@ -17,8 +17,9 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.ews import SOAP_ACTION
 from syncnotify.simulator.client import HTTPError, Target, connect, new_event_loop
-from syncnotify.simulator.payloads import CONTENT_TYPE, SOAP_ACTION, Event, notification_body
+from syncnotify.simulator.payloads import CONTENT_TYPE, Event, notification_body
 
 #: The one subscription all load requests belong to (its in-flight set on Redis counts stored payloads).
 LOAD_SUBSCRIPTION = "QkVOQ0gtTE9BRDo6bWJ4LXJvb20tbG9hZEBiZW5jaC5pbnZhbGlk"

@@ -28,6 +28,7 @@ from pathlib import Path
 from bench import load, services
 from bench.workers import _drained, _push, workload
 from shared.queues import STORE_JOB
+from syncnotify.redis_server import free_port
 from syncnotify.simulator.mailboxes import Mix
 
 PATH = "/Webservices/SyncNotification.svc"
@@ -88,7 +89,7 @@ def profile_ingress(work: Path, seconds: int) -> str:
         }
         for name, command in targets.items():
             redis.client().flushall()
-            port = services.free_port()
+            port = free_port()
             raw = work / f"{name}.collapsed"
             with services.running([*command, "--port", str(port)], env, work / f"{name}.log") as process:
                 services.wait_http(f"http://127.0.0.1:{port}/healthz", process)

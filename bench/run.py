@@ -33,6 +33,7 @@ from types import FrameType
 from bench import load, services
 from bench.report import Figure, machine, markdown_section, number, ratio, text_table, write_section
 from bench.workers import DrainResult, drain, workload
+from syncnotify.redis_server import EmbeddedRedis, free_port
 from syncnotify.simulator.fleet import SimulateOptions, SimulationReport, simulate
 from syncnotify.simulator.mailboxes import Mix
 
@@ -87,7 +88,7 @@ class Run:
 
     config: Config
     work: Path
-    redis: services.RedisServer
+    redis: EmbeddedRedis
     postgres: str
     sqlite: str
     figures: list[Figure]
@@ -99,7 +100,7 @@ class Run:
     @contextmanager
     def serve(self, name: str, command: Sequence[str], database: str) -> Iterator[tuple[str, int]]:
         """A receiver on a free port; yields its notification URL and pid."""
-        port = services.free_port()
+        port = free_port()
         with services.running([*command, "--port", str(port)], self.env(database), self.work / f"{name}.log") as p:
             services.wait_http(f"http://127.0.0.1:{port}/healthz", p)
             yield f"http://127.0.0.1:{port}{PATH}", p.pid
@@ -403,11 +404,11 @@ def soak_section(run: Run) -> None:
     services.empty_tables(database)
     run.redis.client().flushall()
     env = run.env(database)
-    port = services.free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}{PATH}"
     ingress_cmd = [*services.SYNCNOTIFY, "ingress", "--host", "127.0.0.1", "--port", str(port), "--processes", "1"]
     worker_cmd = [*services.SYNCNOTIFY, "worker", "--processes", "2"]
-    worker_cmd += ["--metrics-port", str(services.free_port()), "--metrics-host", "127.0.0.1"]
+    worker_cmd += ["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1"]
     _say(f"soak: {cfg.soak_notifications:,} notifications through ingress and 2 workers into {cfg.soak_db}")
     with (
         services.running(ingress_cmd, env, run.work / "soak-ingress.log") as ingress,
@@ -511,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             services.migrate(sqlite, redis.url, work)
             services.migrate(postgres, redis.url, work)
             run = Run(config, work, redis, postgres, sqlite, [], [])
-            about = machine(redis.version(), services.postgres_version())
+            about = machine(services.redis_version(redis), services.postgres_version())
             about["load average at start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
             for name in args.only or list(SECTIONS):
                 SECTIONS[name](run)

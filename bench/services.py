@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,18 +23,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from redis import Redis
+
+from syncnotify.redis_server import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 SYNCNOTIFY = [sys.executable, "-m", "syncnotify"]
 PG_ADMIN_URL = os.environ.get("SYNCNOTIFY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 _PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -111,46 +104,19 @@ def wait_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout:
         time.sleep(0.1)
 
 
-@dataclass
-class RedisServer:
-    """This run's redis-server: append-only file with ``appendfsync everysec``, as in production."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    directory: Path
-
-    def client(self) -> Redis:
-        return Redis.from_url(self.url)
-
-    def version(self) -> str:
-        info = self.client().info("server")
-        return str(info["redis_version"])
-
-
 @contextmanager
-def redis_server(directory: Path) -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""]
-    command += ["--appendonly", "yes", "--appendfsync", "everysec", "--logfile", "redis.log"]
-    process = start(command, os.environ, directory / "redis.out")
-    server = RedisServer(process, f"redis://127.0.0.1:{port}/0", directory)
+def redis_server(directory: Path) -> Iterator[EmbeddedRedis]:
+    """This run's redis-server: append-only file with ``appendfsync everysec``, as in production."""
+    server = EmbeddedRedis(directory, appendfsync="everysec")
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if server.client().ping():
-                    break
-            except Exception:  # noqa: BLE001 - not up yet
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start (see {directory / 'redis.log'})") from None
-                time.sleep(0.05)
         yield server
     finally:
-        stop(process, grace=10)
+        server.stop()
+
+
+def redis_version(server: EmbeddedRedis) -> str:
+    return str(server.client().info("server")["redis_version"])
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from shared.queues import QUEUE_NAME, STORE_JOB
 from shared.settings import Settings
 from shared.store_job import add_to_queue, payloads_job
 from shared.types import Payload
+from syncnotify.redis_server import EmbeddedRedis, free_port
 from syncnotify.simulator.mailboxes import Mailbox, Mix, mailboxes
 from syncnotify.simulator.verify import Expected, VerifyReport, expected_of, verify
 
@@ -167,12 +168,12 @@ def worker_commands(kind: str, redis_url: str, processes: int) -> list[list[str]
         rq += ["-w", "rq.worker.SimpleWorker", "-u", redis_url, "--logging_level", "WARNING", QUEUE_NAME]
         return [rq] * processes
     command = [*services.SYNCNOTIFY, "worker", "--processes", str(processes)]
-    return [command + ["--metrics-port", str(services.free_port()), "--metrics-host", "127.0.0.1"]]
+    return [command + ["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1"]]
 
 
 def drain(
     label: str,
-    redis: services.RedisServer,
+    redis: EmbeddedRedis,
     database_url: str,
     load: Workload,
     workers: int,

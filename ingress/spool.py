@@ -81,7 +81,7 @@ class Spool:
         except OSError:
             return False
 
-    def drain(self, enqueue: Callable[[list[Payload], str], None], chunk: int = 200) -> int:
+    def drain(self, enqueue: Callable[[list[Payload], str], object], chunk: int = 200) -> int:
         """Hand every spooled payload to ``enqueue(payloads, chunk_id)`` in arrival order; return how many.
 
         ``enqueue`` raising stops the drain with the rest kept on disk (it is tried again later).  Progress
@@ -165,7 +165,7 @@ def _read(path: Path, offset: int = 0) -> Iterator[tuple[Payload, int]]:
             logger.warning("spool file %s ends in a torn record at byte %d (never answered); dropped", path, offset)
             return
         offset += _HEADER.size + length
-        yield pickle.loads(data), offset  # noqa: S301 - our own file, written by this program
+        yield pickle.loads(data), offset  # our own file, written by this program
 
 
 def count_records(directory: Path) -> int:

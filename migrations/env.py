@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (``shared.db.upgrade``), never from alembic.ini."""
+"""Alembic environment: the URL comes from the caller (``migrations.upgrade``), never from alembic.ini."""
 
 from __future__ import annotations
 

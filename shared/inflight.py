@@ -8,17 +8,13 @@ are payload ids, scores the ingress's receive time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from redis import Redis
 from redis.client import Pipeline
 
 from shared.queues import INFLIGHT_TTL_SECONDS, inflight_key
-from shared.types import Payload
-
-SubscriptionKey = tuple[str, str]
-#: Payloads still in flight for a subscription: (payload id, receive time in epoch seconds).
-InFlight = Mapping[SubscriptionKey, Sequence[tuple[str, float]]]
+from shared.types import InFlight, Payload, SubscriptionKey
 
 
 def mark(pipe: Pipeline, payloads: Iterable[Payload]) -> None:

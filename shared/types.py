@@ -1,7 +1,8 @@
-"""What crosses the queue."""
+"""What crosses the queue, and the keys both halves name subscriptions by."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 
@@ -19,3 +20,9 @@ class Payload(TypedDict):
     subscription_ids: list[str]
     #: The body exactly as received (after gzip decoding).
     body: bytes
+
+
+#: A subscription as the tables key it: (tenant, subscription id).
+SubscriptionKey = tuple[str, str]
+#: Payloads still in flight for a subscription: (payload id, receive time in epoch seconds); see ``shared.inflight``.
+InFlight = Mapping[SubscriptionKey, Sequence[tuple[str, float]]]

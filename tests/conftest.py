@@ -4,23 +4,21 @@ SQLite files in a temporary folder.  Storage tests run on both databases."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 import pytest
 from redis import Redis
 from sqlalchemy import Engine
 
-from shared.db import upgrade
+from migrations import upgrade
 from shared.schema import make_engine
 from shared.settings import get_settings
+from syncnotify.redis_server import EmbeddedRedis
+from tests import processes
 
 SAMPLES = Path(__file__).parent / "samples"
 #: The subscription of the seed's sample (00_seed_sample.xml).
@@ -33,80 +31,16 @@ SEED_SUBSCRIPTION = (
 PG_ADMIN_URL = os.environ.get("SYNCNOTIFY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process the test owns; ``restart()`` keeps its append-only file."""
-
-    directory: Path
-    port: int
-    appendonly: bool
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server must be on PATH for the tests"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if Redis.from_url(self.url).ping():
-                    return
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process and self.process.poll() is None:
-            (self.process.kill if kill else self.process.terminate)()
-            self.process.wait(10)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def client(self) -> Redis:
-        return Redis.from_url(self.url)
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), appendonly=False)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[Redis]:
+def redis(redis_server: EmbeddedRedis) -> Iterator[Redis]:
     """A clean Redis for each test (flushed before and after, as rq's own suite does)."""
     client = redis_server.client()
     client.flushall()
@@ -184,6 +118,19 @@ _RELIABILITY: list[tuple[str, str, str, str]] = []
 def reliability() -> list[tuple[str, str, str, str]]:
     """Fault tests append (fault, how often, load, what was lost) for the terminal summary."""
     return _RELIABILITY
+
+
+def _runs_real_processes(module: ModuleType) -> bool:
+    """Whether a test module drives real ``syncnotify`` processes (it uses ``tests.processes``)."""
+    return any(getattr(value, "__module__", None) == processes.__name__ for value in vars(module).values())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of modules that run real processes ``system``: ``-m "not system"`` leaves the fast ones."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and _runs_real_processes(module):
+            item.add_marker(pytest.mark.system)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 from ingress.soap import scan_subscription_ids
+from shared.ews import MESSAGES_NS, SOAP11_NS, SOAP12_NS, TYPES_NS
 from shared.types import Payload
 
 __all__ = [
@@ -47,10 +48,6 @@ __all__ = [
     "watermark",
 ]
 
-SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
-SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
-MESSAGES_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
-TYPES_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
 
 #: The subscription ids of the samples (room 101 and room 102).
 SUBSCRIPTION_A = "RVhBTVBMRS1TVUJTQ1JJUFRJT04tQTo6bWJ4LXJvb20tMTAxQGV4YW1wbGUuY29t"

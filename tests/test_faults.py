@@ -24,12 +24,14 @@ from rq import Queue
 from sqlalchemy import Engine, select
 
 from ingress.soap import scan_subscription_ids
+from shared.ews import SOAP_ACTION
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications
 from shared.settings import Settings
 from shared.store_job import enqueue_payloads
 from shared.types import Payload
-from tests.conftest import PG_ADMIN_URL, RedisServer, free_port
+from syncnotify.redis_server import EmbeddedRedis, free_port
+from tests.conftest import PG_ADMIN_URL
 from tests.payloads import make_event, make_notification, watermark
 from tests.processes import (
     children_of,
@@ -48,7 +50,7 @@ pytestmark = pytest.mark.slow
 
 SOAP_HEADERS = {
     "Content-Type": "text/xml; charset=utf-8",
-    "SOAPAction": "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification",
+    "SOAPAction": SOAP_ACTION,
 }
 
 
@@ -107,7 +109,12 @@ def assert_stored_once_in_order(engine: Engine, by_sub: dict[str, list[bytes]]) 
 
 
 def test_workers_killed_with_sigkill_mid_job_lose_nothing(
-    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path, reliability: list
+    redis_server: EmbeddedRedis,
+    redis: Redis,
+    database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    reliability: list[tuple[str, str, str, str]],
 ) -> None:
     by_sub = chains(subscriptions=40, length=150)
     payloads = as_payloads(interleaved(by_sub))
@@ -154,9 +161,9 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
 
 
 def test_redis_killed_and_restarted_keeps_every_queued_payload(
-    database_url: str, engine: Engine, tmp_path: Path, reliability: list
+    database_url: str, engine: Engine, tmp_path: Path, reliability: list[tuple[str, str, str, str]]
 ) -> None:
-    redis_server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
+    redis_server = EmbeddedRedis(tmp_path / "redis", free_port(), appendonly=True, appendfsync="always")
     redis_server.directory.mkdir()
     redis_server.start()
     try:
@@ -195,13 +202,13 @@ def retries(log: Path) -> int:
 
 
 def test_database_connections_cut_mid_transaction(
-    redis_server: RedisServer,
+    redis_server: EmbeddedRedis,
     redis: Redis,
     database_url: str,
     engine: Engine,
     tmp_path: Path,
     request: pytest.FixtureRequest,
-    reliability: list,
+    reliability: list[tuple[str, str, str, str]],
 ) -> None:
     from tests.processes import service_env
     from tests.test_operator import database_outage
@@ -260,7 +267,12 @@ def test_database_connections_cut_mid_transaction(
 
 
 def test_ingress_killed_mid_request_loses_nothing_it_acked(
-    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path, reliability: list
+    redis_server: EmbeddedRedis,
+    redis: Redis,
+    database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    reliability: list[tuple[str, str, str, str]],
 ) -> None:
     by_sub = chains(subscriptions=20, length=30)
     env = service_env(redis_server.url, database_url, tmp_path)
@@ -324,10 +336,10 @@ def test_ingress_killed_mid_request_loses_nothing_it_acked(
 
 
 def test_ingress_killed_mid_drain_queues_each_spooled_payload_once(
-    tmp_path: Path, database_url: str, reliability: list
+    tmp_path: Path, database_url: str, reliability: list[tuple[str, str, str, str]]
 ) -> None:
     """Redis away: posts go to the spool; Redis back: the ingress drains — and is killed while draining."""
-    redis_server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
+    redis_server = EmbeddedRedis(tmp_path / "redis", free_port(), appendonly=True, appendfsync="always")
     redis_server.directory.mkdir()
     env = service_env(redis_server.url, database_url, tmp_path)
     port = free_port()

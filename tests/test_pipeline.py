@@ -17,7 +17,8 @@ from shared.queues import QUEUE_NAME
 from shared.schema import notifications, subscriptions
 from shared.settings import Settings
 from shared.store_job import enqueue_payloads
-from tests.conftest import SAMPLES, SEED_SUBSCRIPTION, RedisServer, free_port
+from syncnotify.redis_server import EmbeddedRedis, free_port
+from tests.conftest import SAMPLES, SEED_SUBSCRIPTION
 from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, chained_payloads, watermark
 from tests.processes import queue_drained, row_count, run, service_env, started, wait_for, wait_http
 
@@ -43,7 +44,7 @@ def seqs(engine: Engine, subscription_id: str) -> list[tuple[int | None, str]]:
 
 
 def test_every_sample_through_ingress_queue_and_two_workers(
-    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     """What the README tells a new user to do: start the service, ``syncnotify send`` every sample."""
     port, metrics_port = free_port(), free_port()
@@ -91,7 +92,7 @@ def test_every_sample_through_ingress_queue_and_two_workers(
 
 
 def test_two_worker_processes_racing_on_the_same_subscriptions_keep_chain_order(
-    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     """Jobs taken in any order by two workers still number every chain 1, 2, 3 … in watermark order."""
     random.seed(11)
@@ -119,7 +120,7 @@ def test_two_worker_processes_racing_on_the_same_subscriptions_keep_chain_order(
     assert Queue(QUEUE_NAME, connection=redis).failed_job_registry.count == 0
 
 
-def test_db_upgrade_command_creates_the_schema(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_db_upgrade_command_creates_the_schema(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     result = run(["db", "upgrade"], service_env(redis_server.url, url, tmp_path), tmp_path)
     assert result.returncode == 0, result.stderr
@@ -128,7 +129,7 @@ def test_db_upgrade_command_creates_the_schema(redis_server: RedisServer, tmp_pa
     assert again.returncode == 0
 
 
-def test_bad_setting_stops_with_one_line_naming_it(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_bad_setting_stops_with_one_line_naming_it(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     env = service_env(redis_server.url, "sqlite:///x.db", tmp_path, SYNCNOTIFY_MAX_BODY_BYTES="lots")
     result = run(["db", "upgrade"], env, tmp_path)
     assert result.returncode == 1
@@ -145,7 +146,7 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
 
 
 def test_simulator_posts_real_chains_and_verifies_every_row(
-    redis_server: RedisServer, redis: Redis, database_url: str, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, tmp_path: Path
 ) -> None:
     """``syncnotify simulate`` (for operators trying a deployment) against real ingress and workers."""
     port = free_port()

@@ -14,7 +14,7 @@ from shared.queues import QUEUE_NAME, spooled_key
 from shared.settings import Settings
 from shared.store_job import enqueue_payloads
 from shared.types import Payload
-from tests.conftest import RedisServer
+from syncnotify.redis_server import EmbeddedRedis
 
 
 def payload(n: int) -> Payload:
@@ -98,7 +98,7 @@ def test_a_file_locked_by_a_live_process_is_left_to_it(tmp_path: Path) -> None:
 
 
 def test_a_drain_killed_between_queueing_and_recording_progress_queues_each_payload_once(
-    tmp_path: Path, redis: Redis, redis_server: RedisServer
+    tmp_path: Path, redis: Redis, redis_server: EmbeddedRedis
 ) -> None:
     """The process dies after Redis took a chunk but before the progress file says so; the next drain
     hands the same chunk over again, under the same id, and nothing reaches the queue twice."""
@@ -122,7 +122,7 @@ def test_a_drain_killed_between_queueing_and_recording_progress_queues_each_payl
     with pytest.raises(Died):
         spool.drain(enqueue_then_die, chunk=200)
     Spool(tmp_path).drain(
-        lambda batch, chunk_id: enqueue_payloads(redis, batch, settings, once_key=spooled_key(chunk_id)) and None,
+        lambda batch, chunk_id: enqueue_payloads(redis, batch, settings, once_key=spooled_key(chunk_id)),
         chunk=200,
     )
     queued = [p["id"] for job in Queue(QUEUE_NAME, connection=redis).get_jobs() for p in job.args[0]]

@@ -5,6 +5,7 @@ Every test here runs on SQLite and on PostgreSQL (the ``engine`` fixture is para
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import time
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from shared.schema import chain_links, notifications, subscriptions
+from shared.types import SubscriptionKey
 from tests.conftest import SAMPLES, SEED_SUBSCRIPTION
 from tests.payloads import (
     SUBSCRIPTION_A,
@@ -54,6 +56,11 @@ _clock = itertools.count(1)
 def post(body: bytes) -> Post:
     """Each post is received after the previous one, as Exchange sends them one at a time."""
     return Post(body, uuid.uuid4().hex, 1_700_000_000 + next(_clock) / 1000)
+
+
+def _always(marks: InFlight, keys: Sequence[SubscriptionKey]) -> InFlight:
+    """An ``in_flight_of`` that answers ``marks`` whatever it is asked."""
+    return marks
 
 
 def in_flight(posts: Sequence[Post], subscription_id: str, tenant: str = TENANT) -> InFlight:
@@ -296,7 +303,7 @@ def test_any_delivery_order_with_duplicates_gives_the_same_rows(engine: Engine, 
     stored: set[str] = set()
     for batch in batches:
         marks = in_flight([p for p in posts if p.id not in stored], sub)
-        store(engine, [posts[i].delivery() for i in batch], lambda keys, marks=marks: marks)
+        store(engine, [posts[i].delivery() for i in batch], functools.partial(_always, marks))
         stored.update(posts[i].id for i in batch)
     sweep(engine, gap_timeout=60, in_flight_of=lambda keys: {})
 

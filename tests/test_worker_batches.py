@@ -18,7 +18,8 @@ from shared.queues import QUEUE_NAME
 from shared.settings import Settings
 from shared.store_job import enqueue_payloads
 from shared.types import Payload
-from tests.conftest import SAMPLES, RedisServer
+from syncnotify.redis_server import EmbeddedRedis
+from tests.conftest import SAMPLES
 from tests.payloads import chained_payloads, watermark
 from tests.processes import queue_drained, row_count, run, service_env, wait_for
 from tests.test_pipeline import seqs
@@ -54,7 +55,7 @@ def _batch_sizes(log: str) -> list[int]:
 
 
 def test_waiting_jobs_are_stored_together_and_a_bad_payload_still_fails_alone(
-    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     subs = {f"batch-{i}-{uuid.uuid4().hex[:8]}": 30 for i in range(3)}
     payloads = chained_payloads(subs, seed=3)
@@ -94,7 +95,7 @@ def test_waiting_jobs_are_stored_together_and_a_bad_payload_still_fails_alone(
 
 
 def test_a_transient_failure_retries_each_job_of_a_batch_on_its_own(
-    redis_server: RedisServer, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     subs = {f"outage-{i}-{uuid.uuid4().hex[:8]}": 10 for i in range(2)}
     payloads = chained_payloads(subs, seed=5)
@@ -132,7 +133,7 @@ def test_a_transient_failure_retries_each_job_of_a_batch_on_its_own(
 
 
 def test_retries_spent_dead_letter_each_payload_of_a_batch_alone(
-    redis_server: RedisServer, redis: Redis, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path
 ) -> None:
     payloads = chained_payloads({f"spent-{uuid.uuid4().hex[:8]}": 9}, seed=7)
     settings = Settings(redis_url=redis_server.url, job_retries=0)
@@ -152,7 +153,7 @@ def test_retries_spent_dead_letter_each_payload_of_a_batch_alone(
 
 
 def test_jobs_a_dead_worker_took_but_never_started_are_queued_again(
-    redis_server: RedisServer, redis: Redis, tmp_path: Path
+    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path
 ) -> None:
     settings = Settings(redis_url=redis_server.url)
     queue = Queue(QUEUE_NAME, connection=redis)

@@ -22,10 +22,9 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 
 from shared import inflight
 from shared.errors import PermanentError, TransientError
-from shared.inflight import InFlight, SubscriptionKey
 from shared.schema import make_engine
 from shared.settings import get_settings, redact_url
-from shared.types import Payload
+from shared.types import InFlight, Payload, SubscriptionKey
 from worker import metrics
 from worker.deadletter import dead_letter, log_fields
 from worker.parse import parse_payload

@@ -64,7 +64,7 @@ class BatchWorker(SimpleWorker):
         # the idle loop wakes every worker_ttl - 15 s to heartbeat and run maintenance when due
         self.worker_ttl = max(16, abandon_after // 4 + 15)
 
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:  # noqa: ARG002 - RQ's signature
         return self.abandon_after
 
     def execute_job(self, job: Job, queue: Queue) -> None:

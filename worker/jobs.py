@@ -50,7 +50,11 @@ def store_payloads(payloads: list[Payload]) -> dict[str, int]:
 
 
 def on_failure(
-    job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    job: Job,
+    connection: Redis,  # noqa: ARG001 - RQ's callback signature
+    exc_type: type[BaseException],
+    exc: BaseException,
+    tb: TracebackType | None,  # noqa: ARG001
 ) -> None:
     """RQ failure callback: a permanent failure is dead-lettered at once, not retried; record why and how often."""
     if isinstance(exc, PermanentError):

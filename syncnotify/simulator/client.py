@@ -13,7 +13,8 @@ import asyncio
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from syncnotify.simulator.payloads import CONTENT_TYPE, SOAP_ACTION
+from shared.ews import SOAP_ACTION
+from syncnotify.simulator.payloads import CONTENT_TYPE
 
 
 class HTTPError(Exception):

@@ -1,7 +1,7 @@
 """Real-format EWS ``SendNotification`` bodies, as Exchange sends them (the format of ``tests/samples``).
 
-A copy of what the simulator needs from ``tests/payloads.py`` (bench code never imports the tests), with one
-difference: each subscription has its own mailbox GUID inside its watermarks, as real mailboxes do.
+The simulator's builder; ``tests/payloads.py`` builds the odd shapes the tests need.  Here each
+subscription has its own mailbox GUID inside its watermarks, as real mailboxes do.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
-MESSAGES_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
-TYPES_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
-SOAP_ACTION = "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification"
+from shared.ews import MESSAGES_NS, SOAP11_NS, TYPES_NS
+
 CONTENT_TYPE = "text/xml; charset=utf-8"
 
 CALENDAR_FOLDER_ID = "AAMkAEXAMPLECALENDARFOLDER0001AAA="
