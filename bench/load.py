@@ -166,7 +166,7 @@ def _part(url: str, connections: int, seconds: float, client: str, offset: int) 
 
 def own_generator(url: str, connections: int, seconds: float, client: str = "raw", processes: int = 2) -> LoadResult:
     """Our closed-loop generator: ``connections`` split over ``processes`` spawned processes."""
-    from syncnotify.simulator.fleet import percentile
+    from syncnotify.simulator.options import percentile
 
     processes = max(1, min(processes, connections))
     shares = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]

@@ -34,8 +34,9 @@ from bench import load, services
 from bench.report import Figure, machine, markdown_section, number, ratio, text_table, write_section
 from bench.workers import DrainResult, drain, workload
 from syncnotify.redis_server import EmbeddedRedis, free_port
-from syncnotify.simulator.fleet import SimulateOptions, SimulationReport, simulate
+from syncnotify.simulator.fleet import simulate
 from syncnotify.simulator.mailboxes import Mix
+from syncnotify.simulator.options import SimulateOptions, SimulationReport
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 CONNECTIONS = 64

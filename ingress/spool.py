@@ -90,7 +90,7 @@ class Spool:
         mid-drain, hands the chunk over again: ``enqueue`` uses it to put each chunk on the queue once.
         """
         moved = 0
-        self._close()
+        self.close()
         for path in sorted(self.directory.glob("*.spool")):
             fd = os.open(path, os.O_RDWR)
             try:
@@ -126,13 +126,10 @@ class Spool:
         except OSError:
             return 0
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._file is not None:
             os.close(self._file)
             self._file = None
-
-    def close(self) -> None:
-        self._close()
 
 
 def _record(payload: Payload) -> bytes:

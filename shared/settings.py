@@ -86,10 +86,6 @@ class Settings(BaseSettings):
             raise ValueError("at least one tenant (or '*') is required")
         return value
 
-    def tenant_known(self, tenant: str) -> bool:
-        """Whether posts for ``tenant`` are accepted (case-insensitive, as ROOMS' tenant names are)."""
-        return "*" in self.tenants or tenant.casefold() in {t.casefold() for t in self.tenants}
-
     @property
     def redis(self) -> str:
         return self.redis_url.get_secret_value()

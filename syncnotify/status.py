@@ -179,12 +179,6 @@ def oldest_queued_seconds(redis: Redis, queue: Queue) -> float | None:
     return None
 
 
-def spool_backlog(directory: Path) -> int:
-    """Payloads waiting in spool files under ``directory`` (of every ingress process on this host)."""
-
-    return count_records(directory)
-
-
 def collect(
     engine: Engine, redis: Redis, spool_dir: Path, now: datetime | None = None, subs: list[Subscription] | None = None
 ) -> Status:
@@ -201,7 +195,7 @@ def collect(
         workers=len(Worker.all(queue=queue)),
         scheduled_retries=queue.scheduled_job_registry.get_job_count(cleanup=False),
         dead_letter=dlq.counts_by_class(redis),
-        spool_backlog=spool_backlog(spool_dir),
+        spool_backlog=count_records(spool_dir),  # every ingress process on this host
         subscriptions_by_state=by_state,
         gaps=sum(s.gap_count for s in subs),
         waiting_links=sum(s.waiting for s in subs),

@@ -11,15 +11,12 @@ an answer it did not see).  An answer other than 200 or a broken connection is r
 With ``verify`` (a database URL), it then waits until the database holds everything that was acknowledged
 and checks: 0 lost, 0 duplicated, ``seq`` 1…n per subscription in watermark-chain order, no gaps.
 
-Function API: ``simulate(SimulateOptions(...)) -> SimulationReport``; command line: ``main(argv) -> int``
-(exit 0 when every post was answered and the check passed, 1 otherwise, 2 on a usage error).
-``add_arguments(parser)`` and ``run(args)`` let another command line (``syncnotify simulate``) embed it.
-It only ever connects to the URL it is given.
+Function API: ``simulate(SimulateOptions(...)) -> SimulationReport`` (``syncnotify.simulator.options``); the
+command line is ``syncnotify simulate`` (``syncnotify.cli.tools``).  It only ever connects to the URL it is given.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -29,7 +26,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.sharedctypes import RawArray
 from typing import TYPE_CHECKING, Any
@@ -37,123 +34,13 @@ from urllib.parse import urlsplit
 
 from syncnotify.simulator.client import HTTPError, Target, connect, new_event_loop
 from syncnotify.simulator.mailboxes import Mailbox, Mix, Planned, mailboxes
+from syncnotify.simulator.options import SimulateOptions, SimulationReport
 
 if TYPE_CHECKING:
-    from syncnotify.simulator.verify import Expected, VerifyReport
+    from syncnotify.simulator.verify import Expected
 
-DEFAULT_URL = "http://127.0.0.1:8080/Webservices/SyncNotification.svc"
 #: Slots per process in the shared progress array: posts answered, posts answered 200, failures.
 _SLOTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class SimulateOptions:
-    """What to simulate; the defaults are the issue's soak (2,000 rooms, 100,000 notifications)."""
-
-    url: str = DEFAULT_URL
-    subscriptions: int = 2000
-    #: Distinct notifications to send in all (retry duplicates come on top).
-    notifications: int = 100_000
-    connections: int = 64
-    #: Share of notifications posted twice.
-    duplicates: float = 0.05
-    #: Posts per second in all, 0 = as fast as answers come.
-    rate: float = 0.0
-    #: Tenant of the rows; added to the URL as ``?TENANT`` when the URL names none.
-    tenant: str = "Default"
-    #: Seed of the plan; ``None`` picks one (printed, so a run can be repeated).
-    seed: int | None = None
-    #: Database URL to check after sending (``sqlite:///…``, ``postgresql://…``); ``None`` skips the check.
-    verify: str | None = None
-    #: Sending processes (subscriptions are split between them); 0 = one per CPU.
-    processes: int = 1
-    #: ``raw`` (asyncio protocol, fast) or ``httpx``.
-    client: str = "raw"
-    heartbeats: float = 0.2
-    bursts: float = 0.05
-    timeout: float = 30.0
-    retry_delay: float = 1.0
-    max_attempts: int = 5
-    drain_timeout: float = 600.0
-    #: Seconds between progress lines (on stderr); 0 = none.
-    progress_every: float = 5.0
-
-
-@dataclass(slots=True)
-class SimulationReport:
-    """What happened; ``ok`` when every notification was acknowledged and the check (if any) passed."""
-
-    seed: int
-    url: str
-    posts: int = 0
-    notifications: int = 0
-    duplicates_posted: int = 0
-    acknowledged: int = 0
-    planned: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    failures: int = 0
-    gave_up: int = 0
-    unsubscribed: int = 0
-    seconds: float = 0.0
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-    verify: VerifyReport | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.acknowledged == self.planned and (self.verify is None or self.verify.ok)
-
-    @property
-    def rate(self) -> float:
-        return self.posts / self.seconds if self.seconds else 0.0
-
-    def percentile(self, p: float) -> float:
-        """Latency percentile ``p`` (0–100) of the answered posts, in seconds."""
-        return percentile(self.latencies, p)
-
-    def summary(self) -> str:
-        lines = [
-            f"sent {self.posts} posts ({self.notifications} notifications + {self.duplicates_posted} retry "
-            f"duplicates) to {self.url} in {self.seconds:.1f} s: {self.rate:,.0f} posts/s",
-            f"answers {dict(sorted(self.statuses.items()))}, connection failures {self.failures}, "
-            f"acknowledged {self.acknowledged}/{self.planned} notifications, gave up {self.gave_up} "
-            f"subscriptions, unsubscribed {self.unsubscribed}",
-            f"latency p50 {self.percentile(50) * 1000:.2f} ms, p90 {self.percentile(90) * 1000:.2f} ms, "
-            f"p99 {self.percentile(99) * 1000:.2f} ms, max {self.percentile(100) * 1000:.2f} ms",
-            f"seed {self.seed}",
-        ]
-        if self.verify is not None:
-            lines.append(self.verify.summary())
-            lines.extend(f"  {p}" for p in self.verify.problems)
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "url": self.url,
-            "posts": self.posts,
-            "notifications": self.notifications,
-            "duplicates_posted": self.duplicates_posted,
-            "acknowledged": self.acknowledged,
-            "planned": self.planned,
-            "statuses": dict(self.statuses),
-            "failures": self.failures,
-            "gave_up": self.gave_up,
-            "unsubscribed": self.unsubscribed,
-            "seconds": self.seconds,
-            "posts_per_second": self.rate,
-            "latency_ms": {str(p): self.percentile(p) * 1000 for p in (50, 90, 99, 100)},
-            "verify": None if self.verify is None else asdict(self.verify),
-            "ok": self.ok,
-        }
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile ``p`` (0–100) of ``values``; 0.0 when empty."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
 
 
 @dataclass(slots=True)
@@ -465,66 +352,3 @@ def _run_in_children(
             if process.is_alive():
                 process.terminate()
                 process.join(5)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command line options (for ``syncnotify simulate`` or ``python -m syncnotify.simulator.fleet``)."""
-    d = SimulateOptions()
-    parser.add_argument("--url", default=d.url, help=f"callback URL to post to (default {d.url})")
-    parser.add_argument("--subscriptions", type=int, default=d.subscriptions, help="rooms (default %(default)s)")
-    parser.add_argument(
-        "--notifications", type=int, default=d.notifications, help="distinct notifications in all (default %(default)s)"
-    )
-    parser.add_argument("--connections", type=int, default=d.connections, help="keep-alive connections (default 64)")
-    parser.add_argument("--duplicates", type=float, default=d.duplicates, help="share posted twice (default 0.05)")
-    parser.add_argument("--rate", type=float, default=d.rate, help="posts/s in all, 0 = as fast as possible")
-    parser.add_argument("--tenant", default=d.tenant, help="tenant of the rows, added as ?TENANT to a bare URL")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the plan (default: random, printed)")
-    parser.add_argument("--verify", metavar="DATABASE_URL", help="after sending, wait for the drain and check rows")
-    parser.add_argument("--processes", type=int, default=d.processes, help="sending processes, 0 = one per CPU")
-    parser.add_argument("--client", choices=("raw", "httpx"), default=d.client, help="HTTP client (default raw)")
-    parser.add_argument("--heartbeats", type=float, default=d.heartbeats, help="share of StatusEvent heartbeats")
-    parser.add_argument("--bursts", type=float, default=d.bursts, help="share of MoreEvents bursts (two parts each)")
-    parser.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for an answer")
-    parser.add_argument(
-        "--retry-delay", type=float, default=d.retry_delay, help="seconds before a retry (Exchange: 30)"
-    )
-    parser.add_argument("--max-attempts", type=int, default=d.max_attempts, help="posts of one notification at most")
-    parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds to wait for the rows")
-    parser.add_argument("--progress-every", type=float, default=d.progress_every, help="seconds between progress")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON document on stdout")
-
-
-def options_from(args: argparse.Namespace) -> SimulateOptions:
-    names = SimulateOptions.__dataclass_fields__
-    return SimulateOptions(**{name: getattr(args, name) for name in names if hasattr(args, name)})
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed command line; 0 when all was acknowledged and verified, 1 otherwise, 2 on a bad option."""
-    import json
-
-    try:
-        options = options_from(args)
-        report = simulate(options)
-    except ValueError as exc:
-        print(f"simulate: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    else:
-        print(report.summary())
-    return 0 if report.ok else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="simulate", description=(__doc__ or "").split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

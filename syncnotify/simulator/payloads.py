@@ -34,11 +34,6 @@ def watermark(guid: bytes, counter: int) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def watermark_counter(text: str) -> int:
-    """The mailbox counter inside a watermark made by ``watermark`` (for checks, never for ordering)."""
-    return int.from_bytes(base64.b64decode(text)[20:28], "little")
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event of a notification; ``kind`` is ``Status`` or one of ``ROW_KINDS``."""
