@@ -14,7 +14,6 @@ bodies as bytes.  For several response messages in one POST, join ``notification
 
 from __future__ import annotations
 
-import base64
 import random
 import time
 import uuid
@@ -24,6 +23,7 @@ from xml.sax.saxutils import escape
 from ingress.soap import scan_subscription_ids
 from shared.ews import MESSAGES_NS, SOAP11_NS, SOAP12_NS, TYPES_NS
 from shared.types import Payload
+from syncnotify.simulator.payloads import watermark as mailbox_watermark
 
 __all__ = [
     "CALENDAR_FOLDER_ID",
@@ -74,8 +74,7 @@ def watermark(n: int) -> str:
     Layout, as in the samples: 4-byte little-endian version 1, the 16-byte ``WATERMARK_GUID``, the counter as
     a little-endian unsigned 64-bit integer, one byte 0x01.  ``watermark(1000)`` is sample 01's watermark.
     """
-    raw = (1).to_bytes(4, "little") + WATERMARK_GUID + n.to_bytes(8, "little") + b"\x01"
-    return base64.b64encode(raw).decode("ascii")
+    return mailbox_watermark(WATERMARK_GUID, n)
 
 
 def make_event(
