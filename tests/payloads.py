@@ -18,6 +18,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from ingress.soap import scan_subscription_ids
@@ -38,6 +39,7 @@ __all__ = [
     "SUBSCRIPTION_B",
     "TIMESTAMP",
     "WATERMARK_GUID",
+    "SUBSCRIPTION_ID_SHAPES",
     "chained_payloads",
     "envelope",
     "error_message",
@@ -270,3 +272,39 @@ def chained_payloads(chains: dict[str, int], tenant: str = "Default", seed: int 
         )
         for i, (_sub, _n, body) in enumerate(bodies)
     ]
+
+
+_SAMPLE_A_TEXT = (Path(__file__).parent / "samples" / "02_created_event_item.xml").read_text()
+_ERROR_A_TEXT = (Path(__file__).parent / "samples" / "14_error_read_events_failed.xml").read_text()
+
+
+def _as_utf16(text: str) -> str:
+    return text.replace('encoding="utf-8"', 'encoding="utf-16"')
+
+
+#: Subscription A's notification in shapes the worker's parser accepts, beyond the samples' own.
+SUBSCRIPTION_ID_SHAPES: dict[str, bytes] = {
+    "default namespace": _SAMPLE_A_TEXT.replace(
+        f"<t:SubscriptionId>{SUBSCRIPTION_A}</t:SubscriptionId>",
+        f'<SubscriptionId xmlns="{TYPES_NS}">{SUBSCRIPTION_A}</SubscriptionId>',
+    ).encode(),
+    "prefixed, with an attribute": _SAMPLE_A_TEXT.replace(
+        f"<t:SubscriptionId>{SUBSCRIPTION_A}", f'<t:SubscriptionId xmlns:t="{TYPES_NS}" >{SUBSCRIPTION_A}'
+    ).encode(),
+    "CDATA": _SAMPLE_A_TEXT.replace(f">{SUBSCRIPTION_A}<", f"><![CDATA[{SUBSCRIPTION_A}]]><").encode(),
+    "CDATA and white space": _SAMPLE_A_TEXT.replace(
+        f">{SUBSCRIPTION_A}<", f">\n  <![CDATA[ {SUBSCRIPTION_A} ]]>\n<"
+    ).encode(),
+    "character reference": _SAMPLE_A_TEXT.replace(f">{SUBSCRIPTION_A}<", f">&#82;{SUBSCRIPTION_A[1:]}<").encode(),
+    "UTF-16 LE with BOM": b"\xff\xfe" + _as_utf16(_SAMPLE_A_TEXT).encode("utf-16-le"),
+    "UTF-16 BE with BOM": b"\xfe\xff" + _as_utf16(_SAMPLE_A_TEXT).encode("utf-16-be"),
+    "UTF-16 LE declared": _as_utf16(_SAMPLE_A_TEXT).encode("utf-16-le"),
+    "UTF-16 BE declared": _as_utf16(_SAMPLE_A_TEXT).encode("utf-16-be"),
+    "error form with an attribute": _ERROR_A_TEXT.replace(
+        'Name="SubscriptionId">', f'Name="SubscriptionId" xmlns:t="{TYPES_NS}">'
+    ).encode(),
+    "error form, CDATA": _ERROR_A_TEXT.replace(
+        f'"SubscriptionId">{SUBSCRIPTION_A}', f'"SubscriptionId"><![CDATA[{SUBSCRIPTION_A}]]>'
+    ).encode(),
+    "error form, UTF-16": _as_utf16(_ERROR_A_TEXT).encode("utf-16"),
+}

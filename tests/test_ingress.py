@@ -37,7 +37,14 @@ from shared.settings import Settings
 from shared.types import Payload
 from syncnotify.redis_server import EmbeddedRedis, free_port
 from tests.conftest import SAMPLES
-from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_B, make_event, make_notification, watermark
+from tests.payloads import (
+    SUBSCRIPTION_A,
+    SUBSCRIPTION_B,
+    SUBSCRIPTION_ID_SHAPES,
+    make_event,
+    make_notification,
+    watermark,
+)
 
 with warnings.catch_warnings():
     # Starlette 1.x warns at import time that its TestClient prefers httpx2 to httpx; the project pins
@@ -741,47 +748,11 @@ def test_unsubscribed_subscription_is_answered_unsubscribe(make_settings: Settin
     assert len(queued_payloads(redis)) == 1 + len(answers) + 3
 
 
-SAMPLE_A_TEXT = (SAMPLES / "02_created_event_item.xml").read_text()
-ERROR_A_TEXT = (SAMPLES / "14_error_read_events_failed.xml").read_text()
-
-
-def _as_utf16(text: str) -> str:
-    return text.replace('encoding="utf-8"', 'encoding="utf-16"')
-
-
-#: Subscription A's notification in shapes the worker's parser accepts, beyond the samples' own.
-SCAN_SHAPES: dict[str, bytes] = {
-    "default namespace": SAMPLE_A_TEXT.replace(
-        f"<t:SubscriptionId>{SUBSCRIPTION_A}</t:SubscriptionId>",
-        f'<SubscriptionId xmlns="{TYPES_NS}">{SUBSCRIPTION_A}</SubscriptionId>',
-    ).encode(),
-    "prefixed, with an attribute": SAMPLE_A_TEXT.replace(
-        f"<t:SubscriptionId>{SUBSCRIPTION_A}", f'<t:SubscriptionId xmlns:t="{TYPES_NS}" >{SUBSCRIPTION_A}'
-    ).encode(),
-    "CDATA": SAMPLE_A_TEXT.replace(f">{SUBSCRIPTION_A}<", f"><![CDATA[{SUBSCRIPTION_A}]]><").encode(),
-    "CDATA and white space": SAMPLE_A_TEXT.replace(
-        f">{SUBSCRIPTION_A}<", f">\n  <![CDATA[ {SUBSCRIPTION_A} ]]>\n<"
-    ).encode(),
-    "character reference": SAMPLE_A_TEXT.replace(f">{SUBSCRIPTION_A}<", f">&#82;{SUBSCRIPTION_A[1:]}<").encode(),
-    "UTF-16 LE with BOM": b"\xff\xfe" + _as_utf16(SAMPLE_A_TEXT).encode("utf-16-le"),
-    "UTF-16 BE with BOM": b"\xfe\xff" + _as_utf16(SAMPLE_A_TEXT).encode("utf-16-be"),
-    "UTF-16 LE declared": _as_utf16(SAMPLE_A_TEXT).encode("utf-16-le"),
-    "UTF-16 BE declared": _as_utf16(SAMPLE_A_TEXT).encode("utf-16-be"),
-    "error form with an attribute": ERROR_A_TEXT.replace(
-        'Name="SubscriptionId">', f'Name="SubscriptionId" xmlns:t="{TYPES_NS}">'
-    ).encode(),
-    "error form, CDATA": ERROR_A_TEXT.replace(
-        f'"SubscriptionId">{SUBSCRIPTION_A}', f'"SubscriptionId"><![CDATA[{SUBSCRIPTION_A}]]>'
-    ).encode(),
-    "error form, UTF-16": _as_utf16(ERROR_A_TEXT).encode("utf-16"),
-}
-
-
-@pytest.mark.parametrize("shape", list(SCAN_SHAPES))
+@pytest.mark.parametrize("shape", list(SUBSCRIPTION_ID_SHAPES))
 def test_scan_finds_the_subscription_id_in_every_shape_the_parser_accepts(shape: str) -> None:
     from worker.parse import parse_payload
 
-    body = SCAN_SHAPES[shape]
+    body = SUBSCRIPTION_ID_SHAPES[shape]
     assert SUBSCRIPTION_A in repr(parse_payload(body))  # the worker reads this id from it: so must the scan
     assert soap.scan_subscription_ids(body) == [SUBSCRIPTION_A]
 

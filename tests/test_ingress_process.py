@@ -14,12 +14,12 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from shared.ews import SOAP_ACTION, TYPES_NS
+from shared.ews import SOAP_ACTION
 from shared.queues import QUEUE_NAME, UNSUBSCRIBED_KEY
 from shared.types import Payload
 from syncnotify.redis_server import EmbeddedRedis, free_port
 from tests.conftest import SAMPLES
-from tests.payloads import SUBSCRIPTION_A
+from tests.payloads import SUBSCRIPTION_A, SUBSCRIPTION_ID_SHAPES
 from tests.processes import service_env, started, wait_http
 
 HEADERS = {"SOAPAction": f'"{SOAP_ACTION}"', "Content-Type": "text/xml; charset=utf-8"}
@@ -114,39 +114,18 @@ def test_forwarded_for_from_a_trusted_proxy_is_believed(ingress: IngressFactory,
 # --------------------------------------------------------------------------------------------------------
 
 
-def _utf16(text: str) -> str:
-    return text.replace('encoding="utf-8"', 'encoding="utf-16"')
-
-
-#: The notification of subscription A (sample 02, and the error sample 14) in the shapes of SPEC §5's parser.
-SHAPES: dict[str, bytes] = {
-    "default namespace on the element": SAMPLE_A.replace(
-        f"<t:SubscriptionId>{SUBSCRIPTION_A}</t:SubscriptionId>",
-        f'<SubscriptionId xmlns="{TYPES_NS}">{SUBSCRIPTION_A}</SubscriptionId>',
-    ).encode(),
-    "CDATA": SAMPLE_A.replace(f">{SUBSCRIPTION_A}<", f"><![CDATA[{SUBSCRIPTION_A}]]><").encode(),
-    "UTF-16 with a byte order mark": _utf16(SAMPLE_A).encode("utf-16"),
-    "UTF-16 big-endian with a byte order mark": b"\xfe\xff" + _utf16(SAMPLE_A).encode("utf-16-be"),
-    "UTF-16 declared, no byte order mark": _utf16(SAMPLE_A).encode("utf-16-le"),
-    "error form, CDATA": ERROR_A.replace(
-        f'"SubscriptionId">{SUBSCRIPTION_A}', f'"SubscriptionId"><![CDATA[{SUBSCRIPTION_A}]]>'
-    ).encode(),
-    "error form, UTF-16": _utf16(ERROR_A).encode("utf-16"),
-}
-
-
 def test_unsubscribed_subscription_is_answered_unsubscribe_in_every_shape(
     ingress: IngressFactory, redis: Redis
 ) -> None:
     redis.sadd(UNSUBSCRIBED_KEY, SUBSCRIPTION_A)  # read by the ingress as it starts
     with ingress() as url:
-        answers = {name: post(url, body) for name, body in SHAPES.items()}
+        answers = {name: post(url, body) for name, body in SUBSCRIPTION_ID_SHAPES.items()}
         other = post(url, SAMPLE_B)
     wrong = {name: (r.status_code, r.content[-80:]) for name, r in answers.items() if r.content != SPEC_UNSUBSCRIBE}
     assert wrong == {}
     assert all(r.status_code == 200 for r in answers.values())
     assert other.content == SPEC_OK
-    assert len(queued_sources(redis)) == len(SHAPES) + 1  # acked means stored, Unsubscribe or not
+    assert len(queued_sources(redis)) == len(SUBSCRIPTION_ID_SHAPES) + 1  # acked means stored, Unsubscribe or not
 
 
 # --------------------------------------------------------------------------------------------------------
