@@ -18,8 +18,11 @@ from shared.settings import Settings
 
 from . import soap
 
-#: ``/Webservices/SyncNotification.svc`` with an optional tenant segment in front, any case (as IIS did).
-NOTIFICATION_PATH = re.compile(r"^/(?:(?P<tenant>[^/]+)/)?webservices/syncnotification\.svc/?$", re.IGNORECASE)
+#: ``/Webservices/SyncNotification.svc``, or ROOMS' own EWS callback path ``/api/webhooks/exchange`` (SPEC §4),
+#: with an optional tenant segment in front, any case (as IIS did).
+NOTIFICATION_PATH = re.compile(
+    r"^/(?:(?P<tenant>[^/]+)/)?(?:webservices/syncnotification\.svc|api/webhooks/exchange)/?$", re.IGNORECASE
+)
 DEFAULT_TENANT = "Default"
 
 #: A request's headers by lower-case name (ASGI servers lower-case them), the first of repeated ones.

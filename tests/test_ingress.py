@@ -363,6 +363,9 @@ def test_error_sample_subscription_id_is_scanned_from_message_xml(make_settings:
         (["*"], "/AnyCorp/Webservices/SyncNotification.svc", "AnyCorp"),
         (["*"], NOTIFY + "?tenant=Other", "Other"),
         (["*"], NOTIFY, "Default"),
+        (["Default", "Acme"], "/api/webhooks/exchange", "Default"),  # ROOMS' own EWS callback path
+        (["Default", "Acme"], "/Acme/api/webhooks/exchange", "Acme"),
+        (["Default", "Acme"], "/API/Webhooks/Exchange/?acme", "Acme"),
     ],
 )
 def test_tenant_is_resolved_to_its_configured_spelling(
@@ -844,6 +847,7 @@ def test_refusal_before_the_body_arrived_reads_the_rest_and_closes(
         ("/acme/webservices/syncnotification.svc", "Acme"),
         (NOTIFY + "?Acme", "Acme"),
         (NOTIFY + "?tenant=ACME", "Acme"),
+        ("/acme/api/webhooks/exchange", "Acme"),
     ],
 )
 def test_get_shows_a_page_naming_the_tenant(path: str, tenant: str, make_settings: SettingsFactory) -> None:

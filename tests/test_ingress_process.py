@@ -64,8 +64,19 @@ def queued_sources(redis: Redis) -> list[str]:
     return [payload["source"] for payload in payloads]
 
 
-def post(url: str, body: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(url + NOTIFY, content=body, headers={**HEADERS, **headers}, timeout=10)
+def post(url: str, body: bytes, path: str = NOTIFY, **headers: str) -> httpx.Response:
+    return httpx.post(url + path, content=body, headers={**HEADERS, **headers}, timeout=10)
+
+
+def test_rooms_callback_path_takes_ews_notifications(ingress: IngressFactory, redis: Redis) -> None:
+    with ingress(SYNCNOTIFY_TENANTS="Default,Mandant2") as url:
+        plain = post(url, SAMPLE_A.encode(), "/api/webhooks/exchange")
+        tenant = post(url, SAMPLE_A.encode(), "/Mandant2/api/webhooks/exchange")
+        other = post(url, SAMPLE_A.encode(), "/api/webhooks/graph/exchange")
+    assert plain.content == SPEC_OK and tenant.content == SPEC_OK
+    assert other.status_code == 404
+    tenants = [p["tenant"] for job in Queue(QUEUE_NAME, connection=redis).get_jobs() for p in job.args[0]]
+    assert tenants == ["Default", "Mandant2"]
 
 
 # --------------------------------------------------------------------------------------------------------
