@@ -565,3 +565,22 @@ def test_hostile_text_is_escaped_everywhere_it_is_shown() -> None:
     error_page = render_error(f"Cannot read Redis: ConnectionError: {HOSTILE_TEXT}")
     assert "<script>" not in error_page and escaped in error_page
     assert parse_dom(error_page).find("p", **{"class": "banner bad"}).text.endswith(HOSTILE_TEXT)
+
+
+def test_the_real_status_page_says_one_subscription_needs_attention(
+    engine: Engine, redis_server: EmbeddedRedis, database_url: str, tmp_path: Path
+) -> None:
+    """Through ``syncnotify admin``: one room in error among two is '1 subscription needs attention'."""
+    received = datetime.now(UTC)
+    bodies = [make_notification(SUBSCRIPTION_A, watermark(1), [make_event("Created", watermark(2))])]
+    bodies.append(error_message(SUBSCRIPTION_B))
+    deliveries = [Delivery(uuid.uuid4().hex, "Default", received, parse_payload(body)) for body in bodies]
+    store(engine, deliveries)
+    env = service_env(redis_server.url, database_url, tmp_path)
+    port = free_port()
+    with started(["admin", "--port", str(port)], env, tmp_path, tmp_path / "admin.log"):
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert page.status_code == 200
+    banner = parse_dom(page.text).by_id("banner")
+    assert banner.text == "No worker is running; 1 subscription needs attention."  # none was started
