@@ -7,20 +7,10 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from syncnotify.admin.snapshot import Snapshot
-from syncnotify.timefmt import ago, duration
+from syncnotify.wording import ago, agree, counted, duration
 
 #: The page reloads itself this often (seconds).
 REFRESH_SECONDS = 10
-
-
-def agree(count: int, one: str, many: str) -> str:
-    """``one`` for a count of 1, else ``many``: ``agree(n, 'needs', 'need')``."""
-    return one if count == 1 else many
-
-
-def counted(count: int, singular: str, plural: str | None = None) -> str:
-    """``'1 subscription'``, ``'0 subscriptions'``, ``'1,204 subscriptions'``."""
-    return f"{count:,} {agree(count, singular, plural or singular + 's')}"
 
 
 def _num(value: int) -> str:

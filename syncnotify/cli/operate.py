@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from syncnotify.cli.helpers import add_command, redis_client, settings
 from syncnotify.cli.output import ago, print_json, table
+from syncnotify.wording import counted
 
 if TYPE_CHECKING:
     from syncnotify.cli.helpers import Subparsers
@@ -28,11 +29,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     dead = ", ".join(f"{k} {v}" for k, v in sorted(status.dead_letter.items())) or "none"
     states = ", ".join(f"{k} {v}" for k, v in sorted(status.subscriptions_by_state.items())) or "none"
     retrying = status.scheduled_retries
-    print(f"queue depth        {status.queue_depth} jobs (oldest payload {oldest}), {retrying} retrying")
+    print(f"queue depth        {counted(status.queue_depth, 'job')} (oldest payload {oldest}), {retrying} retrying")
     print(f"workers alive      {status.workers}")
     print(f"dead-letter queue  {sum(status.dead_letter.values())} ({dead})")
-    print(f"spool backlog      {status.spool_backlog} payloads in {configured.spool_dir}")
-    print(f"subscriptions      {states}; {status.gaps} gaps, {status.waiting_links} notifications waiting")
+    print(f"spool backlog      {counted(status.spool_backlog, 'payload')} in {configured.spool_dir}")
+    gaps, waiting = counted(status.gaps, "gap"), counted(status.waiting_links, "notification")
+    print(f"subscriptions      {states}; {gaps}, {waiting} waiting")
     return 0
 
 

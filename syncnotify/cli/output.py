@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from syncnotify.timefmt import ago
+from syncnotify.wording import ago
 
 if TYPE_CHECKING:
     from syncnotify.dlq import ReplayOutcome

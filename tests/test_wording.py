@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from syncnotify.timefmt import ago, duration
+from syncnotify.wording import ago, counted, duration
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
@@ -33,3 +33,8 @@ def test_ago_never() -> None:
 
 def test_duration_below_ten_seconds_has_a_decimal() -> None:
     assert duration(0.42) == "0.4 s" and duration(10) == "10 s"
+
+
+@pytest.mark.parametrize(("count", "shown"), [(0, "0 jobs"), (1, "1 job"), (2, "2 jobs"), (1204, "1,204 jobs")])
+def test_counted_agrees_with_its_noun(count: int, shown: str) -> None:
+    assert counted(count, "job") == shown

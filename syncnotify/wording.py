@@ -1,8 +1,18 @@
-"""How long ago something happened, spelt one way for the command line and the status page alike."""
+"""How counts and times are said, one way for the command line and the status page alike."""
 
 from __future__ import annotations
 
 from datetime import datetime
+
+
+def agree(count: int, one: str, many: str) -> str:
+    """``one`` for a count of 1, else ``many``: ``agree(n, 'needs', 'need')``."""
+    return one if count == 1 else many
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``'1 subscription'``, ``'0 subscriptions'``, ``'1,204 subscriptions'``."""
+    return f"{count:,} {agree(count, singular, plural or singular + 's')}"
 
 
 def duration(seconds: float) -> str:
