@@ -223,6 +223,7 @@ def _number(conn: Connection, chain: Chain, watermarks: Sequence[str], renumber:
     params = []
     for watermark in watermarks:
         if watermark in unnumbered:
+            unnumbered.discard(watermark)  # a watermark in two notifications gets one number
             chain.last_seq += 1
             params.append({"w": watermark, "s": chain.last_seq})
     if params:
@@ -271,11 +272,20 @@ def _standstill(previous: str, last: str, rows: Sequence[object]) -> bool:
     return previous == last and not rows
 
 
-def _link(conn: Connection, chain: Chain, link: Link) -> None:
-    _number(conn, chain, link.row_watermarks)
-    conn.execute(update(chain_links).where(chain_links.c.id == link.id).values(waiting_since=None))
-    if chain.tail is None or not _standstill(link.previous_watermark, link.last_watermark, link.row_watermarks):
-        chain.tail = link.last_watermark
+#: Rows numbered, and links marked linked, this many per statement.
+_CHUNK = 500
+
+
+def _link_all(conn: Connection, chain: Chain, links: Sequence[Link]) -> None:
+    """Number the rows of ``links`` in their order, and mark the links linked: a few statements for all."""
+    watermarks = [w for link in links for w in link.row_watermarks]
+    for start in range(0, len(watermarks), _CHUNK):
+        _number(conn, chain, watermarks[start : start + _CHUNK])
+    ids = [link.id for link in links]
+    for start in range(0, len(ids), _CHUNK):
+        conn.execute(
+            update(chain_links).where(chain_links.c.id.in_(ids[start : start + _CHUNK])).values(waiting_since=None)
+        )
 
 
 def _head_blocked(
@@ -304,30 +314,73 @@ def advance(
     batch: set[str],
     force_after: datetime | None = None,
 ) -> None:
-    """Link every waiting link that now fits; with ``force_after``, link past gaps older than that."""
-    while True:
+    """Link every waiting link that now fits; with ``force_after``, link past gaps older than that.
+
+    The waiting links are read once and walked in memory, then numbered together: a backlog of thousands
+    (a room whose head waited for an earlier payload) costs a handful of statements, not several a link.
+    """
+    waiting = _waiting(conn, chain)  # in receive order
+    fits = _Fits(waiting)
+    linked: list[Link] = []
+    while fits.left:
         if chain.tail is None:
-            waiting = _waiting(conn, chain)
-            if not waiting:
-                return
-            head = waiting[0]
+            head = fits.first()
             if _head_blocked(conn, chain, head, in_flight, batch):
                 if force_after is None or head.waiting_since > force_after:
-                    return
+                    break
                 _record_gap(chain, head, result, "its predecessor never arrived")
         else:
-            fitting = _waiting(conn, chain, (chain.tail, ""))
-            if fitting:
-                head = fitting[0]
-            else:
+            found = fits.after(chain.tail)
+            if found is None:
                 if force_after is None:
-                    return
-                stale = [link for link in _waiting(conn, chain) if link.waiting_since <= force_after]
-                if not stale:
-                    return
-                head = stale[0]
-                _record_gap(chain, head, result, f"expected previous watermark {chain.tail}")
-        _link(conn, chain, head)
+                    break
+                found = fits.first_waiting_since(force_after)
+                if found is None:
+                    break
+                _record_gap(chain, found, result, f"expected previous watermark {chain.tail}")
+            head = found
+        fits.take(head)
+        linked.append(head)
+        if chain.tail is None or not _standstill(head.previous_watermark, head.last_watermark, head.row_watermarks):
+            chain.tail = head.last_watermark
+    _link_all(conn, chain, linked)
+
+
+class _Fits:
+    """The waiting links of one chain, in receive order, indexed by the watermark they follow."""
+
+    def __init__(self, waiting: Sequence[Link]) -> None:
+        self._order = {link.id: position for position, link in enumerate(waiting)}
+        self._waiting = list(waiting)
+        self._by_previous: dict[str, list[Link]] = defaultdict(list)
+        for link in waiting:
+            self._by_previous[link.previous_watermark].append(link)
+        self._taken: set[int] = set()
+
+    @property
+    def left(self) -> int:
+        return len(self._waiting) - len(self._taken)
+
+    def _head(self, links: list[Link]) -> Link | None:
+        while links and links[0].id in self._taken:
+            links.pop(0)
+        return links[0] if links else None
+
+    def first(self) -> Link:
+        head = self._head(self._waiting)
+        assert head is not None
+        return head
+
+    def after(self, tail: str) -> Link | None:
+        """The earliest-received link whose previous watermark is ``tail`` (or none: it fits anywhere)."""
+        candidates = [c for c in (self._head(self._by_previous[tail]), self._head(self._by_previous[""])) if c]
+        return min(candidates, key=lambda link: self._order[link.id], default=None)
+
+    def first_waiting_since(self, at: datetime) -> Link | None:
+        return next((link for link in self._waiting if link.id not in self._taken and link.waiting_since <= at), None)
+
+    def take(self, link: Link) -> None:
+        self._taken.add(link.id)
 
 
 def _record_gap(chain: Chain, link: Link, result: StoreResult, detail: str) -> None:
