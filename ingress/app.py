@@ -25,8 +25,9 @@ from shared.errors import SpoolError
 from shared.settings import Settings, get_settings
 from shared.types import Payload
 
-from . import metrics, soap
+from . import graph, metrics, soap
 from .checks import (
+    GRAPH_PATH,
     NOTIFICATION_PATH,
     ClientGone,
     Rejection,
@@ -130,16 +131,87 @@ def _notifier(app: FastAPI, settings: Settings) -> ASGIHandler:
     return notify
 
 
+async def _answer_handshake(send: Send, receive: Receive, handshake: graph.Handshake) -> None:
+    """``200`` with the decoded token as plain text; a body (Graph sends none) is read and dropped."""
+    metrics.GRAPH_VALIDATIONS.inc()
+    logger.info("answered a Graph validation request")
+    if not handshake.body_pending:
+        return await _answer(send, 200, handshake.token.encode(), _TEXT_TYPE)
+    token = handshake.token.encode()
+    headers = [(b"content-length", str(len(token)).encode()), _TEXT_TYPE, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": token, "more_body": True})
+    await _discard_body(receive)
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _graph_notifier(app: FastAPI, settings: Settings) -> ASGIHandler:
+    """``notify`` for Graph's webhooks (SPEC §9): the handshake, or the accepted items made durable, then 202."""
+
+    async def notify(scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        enqueuer: Enqueuer = app.state.enqueuer
+        try:
+            accepted = await graph.check(scope, receive, settings)
+        except graph.Handshake as handshake:
+            metrics.requests(200).inc()
+            return await _answer_handshake(send, receive, handshake)
+        except Rejection as rejection:
+            metrics.requests(rejection.status).inc()
+            metrics.GRAPH_REJECTED.labels(rejection.code).inc()
+            enqueuer.count_rejected(rejection.code)
+            logger.info("rejected a Graph post with %d: %s", rejection.status, rejection.reason)
+            return await _refuse(send, receive, rejection)
+        except ClientGone:
+            logger.info("a client disconnected before its whole Graph post arrived; nothing stored")
+            return None
+        if accepted.rejected:
+            metrics.GRAPH_REJECTED.labels("client_state").inc(accepted.rejected)
+            enqueuer.count_rejected("client_state", accepted.rejected)
+            logger.warning(
+                "dropped %d Graph item(s) without a matching clientState",
+                accepted.rejected,
+                extra={"tenant": accepted.tenant, "source": accepted.source},
+            )
+        if accepted.body:
+            payload = Payload(
+                id=uuid.uuid4().hex,
+                tenant=accepted.tenant,
+                received_at=round(time.time(), 6),
+                source=accepted.source,
+                subscription_ids=accepted.subscription_ids,
+                body=accepted.body,
+                kind="graph",
+            )
+            try:
+                where = await enqueuer.submit(payload)
+            except SpoolError:
+                metrics.requests(503).inc()
+                return await _answer(send, 503, b"cannot store the notifications now; retry later", _TEXT_TYPE)
+            metrics.enqueue_seconds(where).observe(time.perf_counter() - started)
+            metrics.GRAPH_ITEMS.labels("change").inc(accepted.changes)
+            for event, count in accepted.lifecycle.items():
+                metrics.GRAPH_ITEMS.labels("lifecycle").inc(count)
+                metrics.GRAPH_LIFECYCLE.labels(event).inc(count)
+        metrics.requests(202).inc()
+        return await _answer(send, 202, b"", _TEXT_TYPE)
+
+    return notify
+
+
 class IngressApp(FastAPI):
-    """FastAPI, except that a POST to the notification path goes straight to ``notify`` (see the module)."""
+    """FastAPI, except that notification POSTs go straight to their handlers (see the module)."""
 
     notify: ASGIHandler
+    notify_graph: ASGIHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and NOTIFICATION_PATH.match(scope["path"]):
-            await self.notify(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":
+            if NOTIFICATION_PATH.match(scope["path"]):
+                return await self.notify(scope, receive, send)
+            if GRAPH_PATH.match(scope["path"]):
+                return await self.notify_graph(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -162,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = IngressApp(title="syncnotify ingress", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     app.notify = _notifier(app, settings)
+    app.notify_graph = _graph_notifier(app, settings)
 
     @app.post("/{path:path}")
     async def other_post() -> Response:
@@ -191,12 +264,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/{path:path}")
     async def page(request: Request) -> Response:
-        if not NOTIFICATION_PATH.match(request.scope["path"]):
+        graph_path = GRAPH_PATH.match(request.scope["path"])
+        if not graph_path and not NOTIFICATION_PATH.match(request.scope["path"]):
             return PlainTextResponse("not found", status_code=404)
         tenant = canonical_tenant(tenant_of(request.scope), settings)
         if tenant is None:
             return PlainTextResponse(f"unknown tenant {tenant_of(request.scope)!r}", status_code=404)
         name = html.escape(tenant)
+        if graph_path:
+            if not settings.graph_client_states(tenant):
+                return PlainTextResponse(
+                    f"Microsoft Graph notifications are not enabled for tenant {tenant!r}", status_code=404
+                )
+            which = "lifecycle notifications" if graph_path.group("lifecycle") else "change notifications"
+            return HTMLResponse(
+                "<!doctype html><html lang=en><head><meta charset=utf-8><title>syncnotify</title></head><body>"
+                f"<h1>syncnotify</h1><p>Microsoft Graph {which} for tenant <b>{name}</b> are received here.</p>"
+                "<p>Graph delivers them to this address with HTTP POST.</p></body></html>"
+            )
         return HTMLResponse(
             "<!doctype html><html lang=en><head><meta charset=utf-8><title>syncnotify</title></head><body>"
             f"<h1>syncnotify</h1><p>The Exchange notification service for tenant <b>{name}</b> is reachable.</p>"

@@ -23,6 +23,9 @@ from . import soap
 NOTIFICATION_PATH = re.compile(
     r"^/(?:(?P<tenant>[^/]+)/)?(?:webservices/syncnotification\.svc|api/webhooks/exchange)/?$", re.IGNORECASE
 )
+#: Microsoft Graph's webhooks, at the paths ROOMS registers for its own (SPEC §9): change notifications, and
+#: lifecycle notifications under ``/lifecycle``.
+GRAPH_PATH = re.compile(r"^/(?:(?P<tenant>[^/]+)/)?api/webhooks/graph(?P<lifecycle>/lifecycle)?/?$", re.IGNORECASE)
 DEFAULT_TENANT = "Default"
 
 #: A request's headers by lower-case name (ASGI servers lower-case them), the first of repeated ones.
@@ -36,11 +39,16 @@ class Rejection(Exception):
     before its end), so that the answer must be followed by a lingering close.
     """
 
-    def __init__(self, status: int, reason: str, *, body_pending: bool = True) -> None:
+    def __init__(self, status: int, reason: str, *, body_pending: bool = True, code: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.body_pending = body_pending
+        #: a short stable name for metrics (``syncnotify_graph_rejected_total{reason=…}``)
+        self.code = code or _CODES.get(status, str(status))
+
+
+_CODES = {403: "source", 404: "tenant", 413: "too_large", 415: "content_type", 400: "bad_request"}
 
 
 class ClientGone(Exception):
@@ -82,7 +90,7 @@ def tenant_of(scope: Scope) -> str:
     """Path segment, else the first bare query key (``?Default``), else ``?tenant=``, else ``Default``."""
     # read from the ASGI scope: building request.url costs more than the rest of the checks together
     path: str = scope["path"]
-    match = NOTIFICATION_PATH.match(path)
+    match = NOTIFICATION_PATH.match(path) or GRAPH_PATH.match(path)
     if match and match.group("tenant"):
         return match.group("tenant")
     query: str = scope["query_string"].decode("latin-1")
@@ -154,9 +162,11 @@ def gunzip(body: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def check(scope: Scope, receive: Receive, settings: Settings) -> tuple[str, str, bytes]:
-    """Run SPEC §4's checks in order; return (tenant, source, body) or raise ``Rejection``."""
-    headers = headers_of(scope)
+def allowed_tenant(scope: Scope, headers: Headers, settings: Settings) -> tuple[str, str]:
+    """The first two checks of every notification path: source allowed (403), tenant known (404).
+
+    Returns (tenant, source).
+    """
     source = client_address(scope, headers, settings)
     if settings.allowed_networks and not _in(source, settings.allowed_networks):
         raise Rejection(403, f"source address {source} is not allowed")
@@ -164,6 +174,13 @@ async def check(scope: Scope, receive: Receive, settings: Settings) -> tuple[str
     tenant = canonical_tenant(named, settings)
     if tenant is None:
         raise Rejection(404, f"unknown tenant {named!r}")
+    return tenant, source
+
+
+async def check(scope: Scope, receive: Receive, settings: Settings) -> tuple[str, str, bytes]:
+    """Run SPEC §4's checks in order; return (tenant, source, body) or raise ``Rejection``."""
+    headers = headers_of(scope)
+    tenant, source = allowed_tenant(scope, headers, settings)
     content_type = headers.get(b"content-type", b"").decode("latin-1")
     soap_action = headers.get(b"soapaction")
     if not soap.soap_action_ok(None if soap_action is None else soap_action.decode("latin-1"), content_type):

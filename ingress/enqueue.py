@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from queue import Empty, SimpleQueue
 
 from redis import Redis
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from ingress.spool import Spool
 from shared.errors import SpoolError
-from shared.queues import UNSUBSCRIBED_KEY, spooled_key
+from shared.queues import GRAPH_REJECTED_KEY, UNSUBSCRIBED_KEY, spooled_key
 from shared.settings import Settings
 from shared.store_job import enqueue_payloads
 from shared.types import Payload
@@ -48,6 +49,8 @@ class Enqueuer:
         self._submitted: SimpleQueue[_Waiting | None] = SimpleQueue()  # None: stop
         self._thread = threading.Thread(target=self._run, name="enqueue", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rejected: Counter[str] = Counter()  # Graph refusals not yet added to GRAPH_REJECTED_KEY
+        self._rejected_lock = threading.Lock()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -59,6 +62,10 @@ class Enqueuer:
         if self._thread.is_alive():
             self._submitted.put(None)
             await asyncio.to_thread(self._thread.join)
+        try:
+            await asyncio.to_thread(self._flush_rejected)
+        except RedisError:
+            logger.warning("could not record the last Graph rejections in Redis")
         self.spool.close()
         self.redis.close()
 
@@ -68,6 +75,26 @@ class Enqueuer:
         future: asyncio.Future[str] = self._loop.create_future()
         self._submitted.put((payload, future))
         return await future
+
+    def count_rejected(self, reason: str, count: int = 1) -> None:
+        """Count refused Graph items for ``syncnotify status`` (written to Redis with the next maintenance round)."""
+        with self._rejected_lock:
+            self._rejected[reason] += count
+
+    def _flush_rejected(self) -> None:
+        with self._rejected_lock:
+            counts, self._rejected = self._rejected, Counter()
+        if not counts:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for reason, count in counts.items():
+                    pipe.hincrby(GRAPH_REJECTED_KEY, reason, count)
+                pipe.execute()
+        except RedisError:
+            with self._rejected_lock:  # kept for the next round
+                self._rejected.update(counts)
+            raise
 
     def _run(self) -> None:
         """The enqueue thread: group writes until ``stop``, with a maintenance round when one is due."""
@@ -135,6 +162,7 @@ class Enqueuer:
             self.unsubscribed = frozenset(m.decode() for m in self.redis.smembers(UNSUBSCRIBED_KEY))  # type: ignore[union-attr]
             if self.spool.backlog or self.spool.pending_files():
                 self.spool.drain(self._enqueue_chunk)
+            self._flush_rejected()
             if not self.redis_ok:
                 logger.info("Redis takes payloads again")
             self.redis_ok = True

@@ -29,6 +29,25 @@ ENQUEUE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+GRAPH_ITEMS = Counter(
+    "syncnotify_graph_notifications",
+    "Graph items accepted (their clientState matched) and queued, by kind (change or lifecycle)",
+    ["kind"],
+    registry=REGISTRY,
+)
+GRAPH_REJECTED = Counter(
+    "syncnotify_graph_rejected",
+    "Graph items or posts refused, by reason (client_state: an item without a matching clientState)",
+    ["reason"],
+    registry=REGISTRY,
+)
+GRAPH_LIFECYCLE = Counter(
+    "syncnotify_graph_lifecycle_events",
+    "Graph lifecycle notifications accepted, by lifecycleEvent",
+    ["event"],
+    registry=REGISTRY,
+)
+GRAPH_VALIDATIONS = Counter("syncnotify_graph_validations", "Graph validation handshakes answered", registry=REGISTRY)
 SPOOL_BACKLOG = Gauge("syncnotify_ingress_spool_backlog", "Payloads waiting in this process's spool", registry=REGISTRY)
 
 

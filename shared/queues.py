@@ -44,3 +44,7 @@ def inflight_key(tenant: str, subscription_id: str) -> str:
 def spooled_key(chunk_id: str) -> str:
     """Marks a chunk of a spool file as queued (written with its job), so a resumed drain skips it."""
     return f"{KEY_PREFIX}spooled:{chunk_id}"
+
+
+#: Hash of Graph items the ingresses refused, by reason (``client_state``, ``not_json`` …), for ``status``.
+GRAPH_REJECTED_KEY = KEY_PREFIX + "graph:rejected"

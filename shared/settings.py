@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.graph import DEFAULT_JWKS_URL
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,7 +68,28 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("tenants", "allowed_networks", "trusted_proxies", "admin_networks", mode="before")
+    # Microsoft Graph (SPEC §9)
+    #: The clientState secrets Graph items must carry; the first is given to new subscriptions, the others are
+    #: still accepted while a secret is rotated.  Empty: the Graph endpoints answer 404.
+    graph_client_state: Annotated[list[SecretStr], NoDecode] = []
+    #: Where the signing keys of rich notifications' validation tokens are fetched (cached).
+    graph_jwks_url: str = DEFAULT_JWKS_URL
+    #: App (client) ids accepted as the tokens' audience, beside ``graph_client_id``.
+    graph_app_ids: Annotated[list[str], NoDecode] = []
+    #: The app registration's client id (SPEC §10); also an accepted token audience.
+    graph_client_id: str | None = None
+    #: ``ID=PATH`` pairs: the private key (PEM) that decrypts rich items naming ``encryptionCertificateId`` ID.
+    graph_decryption_keys: Annotated[dict[str, Path], NoDecode] = {}
+
+    @field_validator(
+        "tenants",
+        "allowed_networks",
+        "trusted_proxies",
+        "admin_networks",
+        "graph_client_state",
+        "graph_app_ids",
+        mode="before",
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         return _comma_list(value)
@@ -78,6 +100,19 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [ipaddress.ip_network(str(v), strict=False) for v in value]
         return value
+
+    @field_validator("graph_decryption_keys", mode="before")
+    @classmethod
+    def _id_paths(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, equals, path = part.partition("=")
+            if not equals or not name.strip() or not path.strip():
+                raise ValueError(f"{part!r} is not ID=PATH")
+            pairs[name.strip()] = path.strip()
+        return pairs
 
     @field_validator("tenants")
     @classmethod
@@ -93,6 +128,22 @@ class Settings(BaseSettings):
     @property
     def database(self) -> str:
         return self.database_url.get_secret_value()
+
+    def graph_client_states(self, tenant: str) -> tuple[bytes, ...]:  # noqa: ARG002 - per tenant with SPEC §10's file
+        """The clientState values Graph items of ``tenant`` may carry (none: Graph is off for it)."""
+        return self._graph_client_states
+
+    @cached_property
+    def _graph_client_states(self) -> tuple[bytes, ...]:
+        return tuple(s.get_secret_value().encode() for s in self.graph_client_state if s.get_secret_value())
+
+    @property
+    def graph_audiences(self) -> list[str]:
+        """The app ids a validation token may be issued to."""
+        ids = list(self.graph_app_ids)
+        if self.graph_client_id and self.graph_client_id not in ids:
+            ids.append(self.graph_client_id)
+        return ids
 
 
 def redact_url(url: str) -> str:

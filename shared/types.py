@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 
 class Payload(TypedDict):
@@ -16,10 +16,13 @@ class Payload(TypedDict):
     received_at: float
     #: Client address as the ingress believed it (after trusted-proxy handling).
     source: str
-    #: Subscription ids found by scanning the bytes (no DOM), in order of appearance.
+    #: Subscription ids found by scanning the bytes (no DOM), in order of appearance; for Graph, those of the
+    #: change items (lifecycle items make no rows and so hold nothing up).
     subscription_ids: list[str]
-    #: The body exactly as received (after gzip decoding).
+    #: The body exactly as received (after gzip decoding); for Graph, the JSON of the accepted items.
     body: bytes
+    #: ``ews`` (SOAP, the default: jobs queued before Graph existed have no kind) or ``graph`` (JSON).
+    kind: NotRequired[Literal["ews", "graph"]]
 
 
 #: A subscription as the tables key it: (tenant, subscription id).

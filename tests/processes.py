@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select
 
 from shared.queues import QUEUE_NAME
 from shared.schema import notifications
+from syncnotify.redis_server import free_port
 
 SYNCNOTIFY = [sys.executable, "-m", "syncnotify"]
 
@@ -116,3 +117,16 @@ def started_jobs(redis: Redis) -> int:
 def db_name(database_url: str) -> str:
     """How a figure names the database it was measured on."""
     return "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
+
+
+@contextmanager
+def service(env: Mapping[str, str], tmp: Path, workers: int = 1) -> Iterator[str]:
+    """A real ingress and ``workers`` real worker processes on ``env``; yields the ingress's base URL."""
+    port = free_port()
+    log = tmp / "services.log"
+    with started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp, log), ExitStack() as stack:
+        for _ in range(workers):
+            stack.enter_context(started(["worker", "--metrics-port", "0"], env, tmp, log))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz")
+        yield url

@@ -27,10 +27,11 @@ from shared.ews import SOAP_ACTION
 from shared.schema import make_engine, notifications, subscriptions
 from shared.types import Payload
 from syncnotify import dlq
-from syncnotify.redis_server import EmbeddedRedis, free_port
+from syncnotify.redis_server import EmbeddedRedis
+from tests import processes
 from tests.conftest import SAMPLES
 from tests.payloads import make_event, make_notification, watermark
-from tests.processes import run, service_env, started, wait_for, wait_http
+from tests.processes import run, service_env, wait_for
 
 SOAP_HEADERS = {
     "Content-Type": "text/xml; charset=utf-8",
@@ -89,14 +90,8 @@ def service(
     """Ingress and a worker, with fast retries: (environment for CLI calls, notification URL)."""
     url = database_url + ("?timeout=1" if database_url.startswith("sqlite") else "")
     env = service_env(redis_server.url, url, tmp_path, SYNCNOTIFY_JOB_RETRIES="2")
-    port = free_port()
-    log = tmp_path / "services.log"
-    with (
-        started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, log),
-        started(["worker", "--metrics-port", "0"], env, tmp_path, log),
-    ):
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        yield env, f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc"
+    with processes.service(env, tmp_path) as base:
+        yield env, f"{base}/Webservices/SyncNotification.svc"
 
 
 def test_malformed_sample_is_listed_shown_replayed_and_purged(

@@ -14,9 +14,10 @@ from redis import Redis
 from migrations import upgrade
 from shared.ews import SOAP_ACTION
 from shared.schema import make_engine
-from syncnotify.redis_server import EmbeddedRedis, free_port
+from syncnotify.redis_server import EmbeddedRedis
+from tests import processes
 from tests.conftest import SAMPLES
-from tests.processes import run, service_env, started, wait_for, wait_http
+from tests.processes import run, service_env, wait_for
 
 HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{SOAP_ACTION}"'}
 SEED_MALFORMED = (SAMPLES / "00_seed_sample_malformed.xml").read_bytes()
@@ -41,14 +42,8 @@ def service(redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path) -> Iterat
     upgrade(engine)
     engine.dispose()
     env = service_env(redis_server.url, database_url, tmp_path)
-    port = free_port()
-    log = tmp_path / "services.log"
-    with (
-        started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, log),
-        started(["worker", "--metrics-port", "0"], env, tmp_path, log),
-    ):
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        yield env, f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc"
+    with processes.service(env, tmp_path) as base:
+        yield env, f"{base}/Webservices/SyncNotification.svc"
 
 
 def dead_letters(env: dict[str, str], tmp_path: Path) -> list[dict[str, object]]:
