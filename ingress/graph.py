@@ -88,7 +88,7 @@ def _json_type_ok(content_type: str) -> bool:
 def _items(body: bytes) -> tuple[list[Any], Any]:
     """The ``value`` items and ``validationTokens`` of a body, or ``Rejection`` 400 saying what is wrong."""
     try:
-        document = json.loads(body)
+        document = json.loads(body.decode("utf-8-sig"))  # JSON is UTF-8 on the wire (RFC 8259); bytes would guess
     except RecursionError:
         raise Rejection(400, "body is JSON nested too deeply", body_pending=False, code="not_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -149,7 +149,7 @@ def sort_items(items: list[Any], tokens: Any, secrets: tuple[bytes, ...], tenant
         document: dict[str, Any] = {"value": kept}
         if tokens is not None and any("encryptedContent" in item for item in kept):
             document["validationTokens"] = tokens
-        accepted.body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        accepted.body = json.dumps(document, separators=(",", ":")).encode()
     return accepted
 
 

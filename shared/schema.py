@@ -41,7 +41,24 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 #: How long a SQLite connection waits for another process's write lock before failing (transiently).
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
-SUBSCRIPTION_STATES = ("active", "stale", "needs_resync", "error", "unsubscribed")
+SUBSCRIPTION_STATES = (
+    "active",
+    "stale",
+    "needs_resync",
+    "error",
+    "unsubscribed",
+    # Graph only (SPEC §9–§10): a lifecycle event asked for reauthorization / Graph removed the subscription
+    "reauthorization_required",
+    "removed",
+)
+
+#: Where a row came from: an EWS push notification, or a Microsoft Graph change notification (SPEC §9).
+SOURCES = ("ews", "graph")
+
+
+def _one_of(column: str, values: Sequence[str]) -> str:
+    """The SQL of a check that ``column`` holds one of ``values``."""
+    return f"{column} IN (" + ", ".join(f"'{value}'" for value in values) + ")"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -89,7 +106,11 @@ notifications = Table(
     Column("unread_count", Integer),
     Column("received_at", UTCDateTime, nullable=False),
     Column("stored_at", UTCDateTime, nullable=False),
+    Column("source", Text, nullable=False, server_default="ews"),
+    Column("resource", Text, nullable=True),  # Graph: the item's resource path, as received
+    Column("resource_data", Text, nullable=True),  # Graph: the decrypted resource JSON of a rich notification
     UniqueConstraint("tenant", "subscription_id", "watermark"),
+    CheckConstraint(_one_of("source", SOURCES), name="source"),
     Index(None, "tenant", "subscription_id", "seq"),
     Index(None, "stored_at"),
 )
@@ -107,7 +128,14 @@ subscriptions = Table(
     Column("gap_count", Integer, nullable=False, server_default="0"),
     Column("server_version", Text, nullable=True),
     Column("heartbeat_seconds", Float, nullable=True),  # the usual longest silence, learned (see worker.store)
-    CheckConstraint("state IN ('" + "', '".join(SUBSCRIPTION_STATES) + "')", name="state"),
+    Column("source", Text, nullable=False, server_default="ews"),
+    # Graph subscriptions only (SPEC §10); null on EWS ones
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("mailbox", Text, nullable=True),
+    Column("resource", Text, nullable=True),
+    Column("directory_tenant_id", Text, nullable=True),
+    CheckConstraint(_one_of("state", SUBSCRIPTION_STATES), name="state"),
+    CheckConstraint(_one_of("source", SOURCES), name="source"),
 )
 
 # One row per Notification element (one link of the watermark chain, with the watermarks of the rows it

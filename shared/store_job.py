@@ -91,14 +91,25 @@ def dead_letters(redis: Redis) -> FailedJobRegistry:
 
 
 def dead_letter(
-    redis: Redis, payload: Payload, error_class: str, message: str, attempts: int, retention_seconds: int
+    redis: Redis,
+    payload: Payload,
+    error_class: str,
+    message: str,
+    attempts: int,
+    retention_seconds: int,
+    entry_id: str | None = None,
 ) -> Job:
-    """Put one payload straight into the dead-letter queue (a job of several must fail one payload alone)."""
+    """Put one payload straight into the dead-letter queue (a job of several must fail one payload alone).
+
+    With ``entry_id`` the entry has that id, so that writing it twice (a job run again after its worker died)
+    leaves one entry.
+    """
     job = _create(
         redis,
         [payload],
         STORE_JOB,
         retention_seconds,
+        id=entry_id,
         origin=QUEUE_NAME,
         meta={"error_class": error_class, "error": message, "attempts": attempts},
         description=f"dead letter of payload {payload['id']}",

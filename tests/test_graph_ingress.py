@@ -143,6 +143,13 @@ def test_good_items_beside_forged_ones_are_kept(ingress: str, redis: Redis) -> N
     assert json.loads(payload["body"])["value"] == items("03")
 
 
+def test_a_lone_surrogate_in_an_item_is_queued_safely(ingress: str, redis: Redis) -> None:
+    (item,) = items("03")
+    content = body(item).replace(b'"resource":', b'"note": "\\ud800", "resource":')
+    assert post(ingress, content).status_code == 202
+    assert json.loads(queued(redis)[0]["body"])["value"][0]["note"] == "\ud800"
+
+
 def test_an_old_secret_is_still_accepted_while_rotating(ingress: str, redis: Redis) -> None:
     (item,) = items("03")
     item["clientState"] = OLD_SECRET
@@ -155,6 +162,7 @@ def test_an_old_secret_is_still_accepted_while_rotating(ingress: str, redis: Red
     [
         (b"not json", "body is not JSON"),
         (b"\xff\xfe\x00garbage", "body is not JSON"),
+        ('{"value": []}'.encode("utf-16"), "body is not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"value": [' * 5000 + b"]}" * 5000, "nested too deeply"),
         (b"[]", "body is a JSON array"),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -26,9 +27,14 @@ from shared.schema import make_engine
 from shared.settings import get_settings, redact_url
 from shared.types import InFlight, Payload, SubscriptionKey
 from worker import metrics
-from worker.deadletter import dead_letter, log_fields
-from worker.parse import parse_payload
+from worker.deadletter import dead_letter, graph_item_payload, log_fields
+from worker.decrypt import load_keys
+from worker.graph import parse_graph
+from worker.graph_types import BadItem, GraphPayload
+from worker.parse import ParsedPayload, parse_payload
+from worker.rich import resolve
 from worker.store import Delivery, InFlightOf, StoreResult, store
+from worker.tokens import TokenValidator
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,30 @@ def engine() -> Engine:
     return make_engine(get_settings().database)
 
 
+@lru_cache(maxsize=1)
+def _token_validator() -> TokenValidator | None:
+    """This process's validator of rich notifications' tokens (its JWKS cache lives as long as the process)."""
+    settings = get_settings()
+    audiences = settings.graph_audiences
+    return TokenValidator(settings.graph_jwks_url, audiences) if audiences else None
+
+
+@lru_cache(maxsize=1)
+def _decryption_keys() -> dict[str, Any]:
+    return load_keys(get_settings().graph_decryption_keys)
+
+
+def parse(payload: Payload) -> ParsedPayload | GraphPayload:
+    """The payload's notifications, EWS or Graph by its kind; ``PermanentError`` if it has none to give.
+
+    A Graph payload's rich items are checked and decrypted here (their tokens' keys may need fetching:
+    ``TransientError`` if that fails).
+    """
+    if payload.get("kind", "ews") == "graph":
+        return resolve(parse_graph(payload["body"]), _token_validator(), _decryption_keys())
+    return parse_payload(payload["body"])
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What storing the payloads of one or more jobs came to."""
@@ -53,6 +83,8 @@ class BatchOutcome:
     transient: TransientError | None = None
     #: jobs of one bad payload: each fails through RQ, as its own dead letter (see ``run``)
     failing: list[tuple[Job | None, PermanentError]] = field(default_factory=list)
+    #: unusable items of stored Graph payloads: each becomes a dead letter of its own
+    bad_items: list[tuple[Job | None, Payload, GraphPayload, BadItem]] = field(default_factory=list)
     dead_lettered: int = 0
 
     def summary(self) -> dict[str, int]:
@@ -79,6 +111,10 @@ def run(redis: Redis, parts: Sequence[JobPayloads]) -> BatchOutcome:
         for payload, error in own:
             dead_letter(redis, job, payload, error)
         outcome.dead_lettered += len(own)
+    for job, payload, parsed, bad in outcome.bad_items:
+        item = graph_item_payload(payload, bad.index, bad.subscription_id, bad.item, parsed.validation_tokens)
+        dead_letter(redis, job, item, bad.error, entry_id=f"graph-item-{item['id']}")
+        outcome.dead_lettered += 1
     return outcome
 
 
@@ -89,16 +125,19 @@ def _parse_and_store(redis: Redis, parts: Sequence[JobPayloads]) -> BatchOutcome
     """
     outcome = BatchOutcome()
     deliveries: list[Delivery] = []
-    for job, payloads in parts:
-        for payload in payloads:
-            try:
-                parsed = parse_payload(payload["body"])
-            except PermanentError as exc:
-                outcome.bad.append((job, payload, exc))
-                continue
-            received = datetime.fromtimestamp(payload["received_at"], UTC)
-            deliveries.append(Delivery(payload["id"], payload["tenant"], received, parsed))
+    items: list[tuple[Job | None, Payload, GraphPayload, BadItem]] = []
     try:
+        for job, payloads in parts:
+            for payload in payloads:
+                try:
+                    parsed = parse(payload)
+                except PermanentError as exc:
+                    outcome.bad.append((job, payload, exc))
+                    continue
+                if isinstance(parsed, GraphPayload):
+                    items += [(job, payload, parsed, bad) for bad in parsed.bad]
+                received = datetime.fromtimestamp(payload["received_at"], UTC)
+                deliveries.append(Delivery(payload["id"], payload["tenant"], received, parsed))
         outcome.result, failed = _isolating_bad(deliveries, lambda keys: in_flight_of(redis, keys))
     except TransientError as exc:
         outcome.transient = exc
@@ -106,6 +145,7 @@ def _parse_and_store(redis: Redis, parts: Sequence[JobPayloads]) -> BatchOutcome
     payloads_by_id = {p["id"]: (job, p) for job, payloads in parts for p in payloads}
     outcome.bad += [(payloads_by_id[i][0], payloads_by_id[i][1], error) for i, error in failed.items()]
     bad_ids = {payload["id"] for _, payload, _ in outcome.bad}
+    outcome.bad_items = [entry for entry in items if entry[1]["id"] not in bad_ids]
     job_ids = [job.id for job, _ in parts if job is not None]
     stored = [p for _, payloads in parts for p in payloads if p["id"] not in bad_ids]
     _release(redis, stored)
@@ -156,7 +196,7 @@ def _isolating_bad(
 def _classified(deliveries: Sequence[Delivery], in_flight_of: InFlightOf) -> StoreResult:
     """``store`` with database errors sorted into transient (retry the job) and permanent (this data)."""
     try:
-        return store(engine(), deliveries, in_flight_of)
+        return store(engine(), deliveries, in_flight_of, get_settings().gap_timeout_seconds)
     except (DataError, IntegrityError) as exc:
         raise PermanentError(f"the database refused a value: {_first_line(exc)}", "bad_value") from exc
     except (OperationalError, InterfaceError) as exc:

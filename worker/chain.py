@@ -14,6 +14,9 @@
   previous one, so receive order is chain order, whatever order the workers finish in.
 - A link that waits longer than the gap timeout is linked anyway by ``worker.store.sweep``: the gap is
   counted, the subscription goes to ``needs_resync`` and the chain continues past it.
+- Graph sends no watermarks (SPEC §9): each (POST, subscription) is one link keyed by its payload id, and
+  every link of a Graph subscription is placed as a new chain's head is, by receive order and the in-flight
+  marks.
 
 Every function here runs inside the caller's transaction, with the subscription's row locked
 (``worker.store``).
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,6 +69,8 @@ class Chain:
     error_code: str | None
     gap_count: int
     server_version: str | None
+    source: str = "ews"
+    expires_at: datetime | None = None
 
     @property
     def key(self) -> SubscriptionKey:
@@ -102,10 +107,13 @@ def add_batch(
     news: Sequence[Incoming],
     now: datetime,
     result: StoreResult,
+    graph_ready: Callable[[Incoming], bool] | None = None,
 ) -> None:
     """Insert the batch's links and rows in a few statements; number the rows of links that fit the tail.
 
     ``news`` are in arrival order per subscription.  Links that do not fit are left waiting for ``advance``.
+    A Graph link has no predecessor to fit: it is numbered at once when ``graph_ready`` says nothing
+    received before it can still arrive (see ``advance``).
     """
     if not news:
         return
@@ -146,12 +154,14 @@ def add_batch(
             continue
         fresh.append(new)
         chain = chains[new.key]
-        if chain.tail is not None and _standstill(new.previous, new.last, new.rows):
+        if chain.source == "graph":
+            if graph_ready is not None and graph_ready(new):
+                _number_new(chain, new)
+                linked.append(new)
+        elif chain.tail is not None and _standstill(new.previous, new.last, new.rows):
             linked.append(new)  # a heartbeat that moves nothing: it may come after its successor
         elif chain.tail is not None and new.previous in (chain.tail, ""):
-            for offset, row in enumerate(new.rows, start=1):
-                row["seq"] = chain.last_seq + offset
-            chain.last_seq += len(new.rows)
+            _number_new(chain, new)
             chain.tail = new.last
             linked.append(new)
     rows = [row for new in fresh for row in new.rows]
@@ -174,6 +184,12 @@ def add_batch(
             .where(chain_links.c.id.in_([new.id for new in linked[start : start + 500]]))
             .values(waiting_since=None)
         )
+
+
+def _number_new(chain: Chain, new: Incoming) -> None:
+    for offset, row in enumerate(new.rows, start=1):
+        row["seq"] = chain.last_seq + offset
+    chain.last_seq += len(new.rows)
 
 
 def _renumber(
@@ -320,6 +336,8 @@ def advance(
     (a room whose head waited for an earlier payload) costs a handful of statements, not several a link.
     """
     waiting = _waiting(conn, chain)  # in receive order
+    if chain.source == "graph":
+        return _advance_graph(conn, chain, waiting, in_flight, batch)
     fits = _Fits(waiting)
     linked: list[Link] = []
     while fits.left:
@@ -343,6 +361,22 @@ def advance(
         linked.append(head)
         if chain.tail is None or not _standstill(head.previous_watermark, head.last_watermark, head.row_watermarks):
             chain.tail = head.last_watermark
+    _link_all(conn, chain, linked)
+
+
+def _advance_graph(
+    conn: Connection, chain: Chain, waiting: Sequence[Link], in_flight: Sequence[tuple[str, float]], batch: set[str]
+) -> None:
+    """Graph gives no chain: links go in receive order, each once no payload received before it is in flight.
+
+    ``in_flight`` holds only payloads young enough to wait for (``worker.store`` leaves out those older than
+    the gap timeout: being retried, or dead-lettered), so nothing waits longer than that.
+    """
+    linked: list[Link] = []
+    for head in waiting:
+        if _head_blocked(conn, chain, head, in_flight, batch):
+            break
+        linked.append(head)
     _link_all(conn, chain, linked)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -17,12 +18,14 @@ from worker import metrics
 logger = logging.getLogger(__name__)
 
 
-def dead_letter(redis: Redis, job: Job | None, payload: Payload, error: SyncNotifyError) -> None:
+def dead_letter(
+    redis: Redis, job: Job | None, payload: Payload, error: SyncNotifyError, entry_id: str | None = None
+) -> None:
     """Put ``payload`` of ``job`` into the dead-letter queue with why, counted and logged."""
     error_class = error.error_class if isinstance(error, PermanentError) else "transient"
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
     retention = job.failure_ttl if job is not None and job.failure_ttl else get_settings().dlq_retention_days * 86400
-    entry = write_dead_letter(redis, payload, error_class, str(error), attempts, retention)
+    entry = write_dead_letter(redis, payload, error_class, str(error), attempts, retention, entry_id)
     metrics.DEAD_LETTERED.labels(error_class).inc()
     metrics.PAYLOADS.labels("dead_lettered").inc()
     logger.warning(
@@ -32,6 +35,23 @@ def dead_letter(redis: Redis, job: Job | None, payload: Payload, error: SyncNoti
         error_class,
         error,
         extra=log_fields(payload, job),
+    )
+
+
+def graph_item_payload(payload: Payload, index: int, subscription_id: str | None, item: Any, tokens: Any) -> Payload:
+    """A dead letter's payload for one bad item of a Graph POST: the item as received (and, for a rich item,
+    the POST's ``validationTokens``), to be replayed as a first delivery would be stored (SPEC §9)."""
+    document: dict[str, Any] = {"value": [item]}
+    if tokens and isinstance(item, dict) and "encryptedContent" in item:
+        document["validationTokens"] = list(tokens)
+    return Payload(
+        id=f"{payload['id']}-{index}",
+        tenant=payload["tenant"],
+        received_at=payload["received_at"],
+        source=payload["source"],
+        subscription_ids=[subscription_id] if subscription_id else [],
+        body=json.dumps(document, separators=(",", ":")).encode(),
+        kind="graph",
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, tuple_, update
 from shared.schema import chain_links, insert_new, subscriptions
 from shared.types import InFlight, SubscriptionKey
 from worker.chain import Chain, Incoming, StoreResult, add_batch, advance, keys_waiting
+from worker.graph_types import Change, GraphPayload, Lifecycle
 from worker.parse import Event, Notification, ParsedPayload
 
 logger = logging.getLogger(__name__)
@@ -35,22 +36,65 @@ class Delivery:
     payload_id: str
     tenant: str
     received_at: datetime
-    parsed: ParsedPayload
+    parsed: ParsedPayload | GraphPayload
 
 
-def store(engine: Engine, deliveries: Sequence[Delivery], in_flight_of: InFlightOf | None = None) -> StoreResult:
+#: The ``previous_watermark`` of every Graph link: Graph names no predecessor (see ``worker.chain``).
+GRAPH_LINK = "graph"
+
+
+@dataclass(slots=True)
+class _GraphBatch:
+    """The Graph deliveries of a batch, by subscription: links to be, lifecycle events, expiries."""
+
+    news: dict[SubscriptionKey, list[Incoming]] = field(default_factory=lambda: defaultdict(list))
+    lifecycle: dict[SubscriptionKey, list[Lifecycle]] = field(default_factory=lambda: defaultdict(list))
+    expires: dict[SubscriptionKey, datetime] = field(default_factory=dict)
+
+    def add(
+        self, delivery: Delivery, parsed: GraphPayload, seen: dict[SubscriptionKey, datetime], now: datetime
+    ) -> None:
+        changes: dict[str, list[Change]] = defaultdict(list)
+        for change in parsed.changes:
+            changes[change.subscription_id].append(change)
+        for subscription_id, group in changes.items():
+            key = (delivery.tenant, subscription_id)
+            rows = _graph_rows(delivery, group, now)
+            last = f"graph:{delivery.payload_id}"
+            self.news[key].append(Incoming(key, delivery.payload_id, delivery.received_at, GRAPH_LINK, last, rows))
+        for event in parsed.lifecycle:
+            self.lifecycle[(delivery.tenant, event.subscription_id)].append(event)
+        items: list[Change | Lifecycle] = [*parsed.changes, *parsed.lifecycle]
+        for item in items:
+            key = (delivery.tenant, item.subscription_id)
+            seen[key] = delivery.received_at
+            if item.expires_at is not None and (key not in self.expires or item.expires_at > self.expires[key]):
+                self.expires[key] = item.expires_at
+
+
+def store(
+    engine: Engine,
+    deliveries: Sequence[Delivery],
+    in_flight_of: InFlightOf | None = None,
+    gap_timeout: float = 60.0,
+) -> StoreResult:
     """Store ``deliveries`` in one transaction; raises SQLAlchemy errors unchanged (the job classifies them).
 
-    ``in_flight_of`` is asked only about subscriptions with links left waiting (see ``InFlight``): in the
-    steady state, none.
+    ``in_flight_of`` is asked only about subscriptions with links left waiting (see ``InFlight``), and
+    about Graph subscriptions (whose every link waits for what was received before it): for EWS in the
+    steady state, none.  Graph waits for an earlier payload at most ``gap_timeout`` seconds.
     """
     now = datetime.now(UTC)
     by_key: dict[SubscriptionKey, list[tuple[Delivery, int, Notification]]] = defaultdict(list)
     seen: dict[SubscriptionKey, datetime] = {}
     errors: dict[SubscriptionKey, str] = {}
     versions: dict[SubscriptionKey, str] = {}
+    graph = _GraphBatch()
     for delivery in sorted(deliveries, key=lambda d: d.received_at):
         parsed = delivery.parsed
+        if isinstance(parsed, GraphPayload):
+            graph.add(delivery, parsed, seen, now)
+            continue
         for position, notification in enumerate(parsed.notifications):
             key = (delivery.tenant, notification.subscription_id)
             by_key[key].append((delivery, position, notification))
@@ -68,14 +112,25 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight_of: InFlight
     result = StoreResult()
     batch_payloads = {d.payload_id for d in deliveries}
     keys = sorted(seen)
+    graph_keys = sorted(set(graph.news) | set(graph.lifecycle))
     with engine.begin() as conn:
-        chains = _lock(conn, keys)
+        chains = _lock(conn, keys, set(graph_keys))
+        graph_waiting = set(keys_waiting(conn, sorted(graph.news)))
+        in_flight = _young(in_flight_of(sorted(graph.news)) if (in_flight_of and graph.news) else {}, now, gap_timeout)
         news = [_incoming(key, d, n, now) for key in keys for d, _, n in by_key.get(key, [])]
-        add_batch(conn, chains, [new for new in news if new is not None], now, result)
+        news += [new for key in keys for new in graph.news.get(key, [])]
+        ready = _graph_ready(graph_waiting, in_flight, batch_payloads)
+        add_batch(conn, chains, [new for new in news if new is not None], now, result, ready)
         waiting = keys_waiting(conn, keys)
-        in_flight = in_flight_of(waiting) if (in_flight_of and waiting) else {}
+        unread = [key for key in waiting if key not in in_flight and key not in graph.news]
+        if in_flight_of and unread:
+            in_flight = {**in_flight, **in_flight_of(unread)}
+        young = _young(in_flight, now, gap_timeout)
         for key in waiting:
-            advance(conn, chains[key], result, in_flight.get(key, ()), batch_payloads)
+            marks = young if chains[key].source == "graph" else in_flight
+            advance(conn, chains[key], result, marks.get(key, ()), batch_payloads)
+        for key in graph_keys:
+            _apply_lifecycle(chains[key], graph.lifecycle.get(key, []), graph.expires.get(key), result)
         for key in keys:
             chain = chains[key]
             _seen(chain, seen[key])
@@ -97,6 +152,60 @@ def store(engine: Engine, deliveries: Sequence[Delivery], in_flight_of: InFlight
 HEARTBEAT_DECAY = 0.95
 
 
+def _young(in_flight: InFlight, now: datetime, gap_timeout: float) -> InFlight:
+    """``in_flight`` without payloads received more than ``gap_timeout`` ago: a Graph link waits for no older one."""
+    oldest = now.timestamp() - gap_timeout
+    young = {key: [(pid, score) for pid, score in marks if score >= oldest] for key, marks in in_flight.items()}
+    return {key: marks for key, marks in young.items() if marks}
+
+
+def _graph_ready(waiting: set[SubscriptionKey], in_flight: InFlight, batch: set[str]) -> Callable[[Incoming], bool]:
+    """Whether a Graph link of this batch may be numbered now: nothing of its subscription received before it
+    waits in the database or is in flight outside this batch.  Once one link of a subscription waits, the
+    later ones do too (``advance`` then decides, knowing what is stored)."""
+    held = set(waiting)
+
+    def ready(new: Incoming) -> bool:
+        if new.key in held:
+            return False
+        at = new.received_at.timestamp()
+        if any(score < at and pid not in batch for pid, score in in_flight.get(new.key, ())):
+            held.add(new.key)
+            return False
+        return True
+
+    return ready
+
+
+def _apply_lifecycle(
+    chain: Chain, events: Sequence[Lifecycle], expires_at: datetime | None, result: StoreResult
+) -> None:
+    """SPEC §9: ``missed`` → a gap and ``needs_resync``; ``reauthorizationRequired`` and ``subscriptionRemoved``
+    → their states; an operator's ``unsubscribed`` stays.  ``expires_at`` only moves forward (a retry hours
+    later carries an older expiry)."""
+    if expires_at is not None and (chain.expires_at is None or expires_at > chain.expires_at):
+        chain.expires_at = expires_at
+    for event in events:
+        if chain.state == "unsubscribed":
+            break
+        if event.event == "missed":
+            chain.gap_count += 1
+            result.gaps += 1
+            if chain.state != "removed":
+                chain.state = "needs_resync"
+        elif event.event == "reauthorizationRequired":
+            if chain.state != "removed":
+                chain.state = "reauthorization_required"
+        elif event.event == "subscriptionRemoved":
+            chain.state = "removed"
+        logger.warning(
+            "Graph lifecycle event %s: subscription now %s",
+            event.event,
+            chain.state,
+            extra={"tenant": chain.tenant, "subscription": chain.subscription_id},
+        )
+
+
 def _seen(chain: Chain, at: datetime) -> None:
     """Move ``last_seen_at`` and learn the subscription's usual longest silence (its heartbeat interval).
 
@@ -105,20 +214,36 @@ def _seen(chain: Chain, at: datetime) -> None:
     """
     if chain.last_seen_at is not None and at <= chain.last_seen_at:
         return
-    if chain.last_seen_at is not None:
+    if chain.last_seen_at is not None and chain.source != "graph":  # Graph sends no heartbeat: silence says nothing
         interval = (at - chain.last_seen_at).total_seconds()
         previous = chain.heartbeat_seconds or interval
         chain.heartbeat_seconds = max(interval, previous * HEARTBEAT_DECAY)
     chain.last_seen_at = at
 
 
-def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[SubscriptionKey, Chain]:
-    """Create missing subscription rows and lock all of them, in key order (so two workers cannot deadlock)."""
+def _lock(
+    conn: Connection, keys: Sequence[SubscriptionKey], graph: set[SubscriptionKey] | None = None
+) -> dict[SubscriptionKey, Chain]:
+    """Create missing subscription rows and lock all of them, in key order (so two workers cannot deadlock).
+
+    Rows created for keys in ``graph`` are Graph subscriptions (``source`` ``graph``).
+    """
     if not keys:
         return {}
+    graph = graph or set()
     conn.execute(
         insert_new(conn, subscriptions),
-        [{"tenant": t, "subscription_id": s, "last_seq": 0, "state": "active", "gap_count": 0} for t, s in keys],
+        [
+            {
+                "tenant": t,
+                "subscription_id": s,
+                "last_seq": 0,
+                "state": "active",
+                "gap_count": 0,
+                "source": "graph" if (t, s) in graph else "ews",
+            }
+            for t, s in keys
+        ],
     )
     query = (
         select(subscriptions)
@@ -139,6 +264,8 @@ def _lock(conn: Connection, keys: Sequence[SubscriptionKey]) -> dict[Subscriptio
             error_code=row.error_code,
             gap_count=row.gap_count,
             server_version=row.server_version,
+            source=row.source,
+            expires_at=row.expires_at,
         )
         for row in conn.execute(query)
     }
@@ -185,7 +312,43 @@ def _row(delivery: Delivery, subscription_id: str, event: Event, previous: str |
         "unread_count": event.unread_count,
         "received_at": delivery.received_at,
         "stored_at": now,
+        "source": "ews",
+        "resource": None,
+        "resource_data": None,
     }
+
+
+def _graph_rows(delivery: Delivery, changes: Sequence[Change], now: datetime) -> list[dict[str, Any]]:
+    """One row per change (SPEC §9's table), the same change twice in one POST once, in ``value`` order."""
+    rows: dict[str, dict[str, Any]] = {}
+    for change in changes:
+        rows.setdefault(
+            change.watermark,
+            {
+                "tenant": delivery.tenant,
+                "subscription_id": change.subscription_id,
+                "seq": None,
+                "watermark": change.watermark,
+                "previous_watermark": None,
+                "event_type": change.event_type,
+                "event_time": None,
+                "item_id": change.item_id,
+                "item_change_key": change.etag,
+                "folder_id": None,
+                "folder_change_key": None,
+                "parent_folder_id": None,
+                "old_item_id": None,
+                "old_folder_id": None,
+                "old_parent_folder_id": None,
+                "unread_count": None,
+                "received_at": delivery.received_at,
+                "stored_at": now,
+                "source": "graph",
+                "resource": change.resource,
+                "resource_data": change.resource_data,
+            },
+        )
+    return list(rows.values())
 
 
 def _save(conn: Connection, chains: Sequence[Chain]) -> None:
@@ -207,6 +370,7 @@ def _save(conn: Connection, chains: Sequence[Chain]) -> None:
             error_code=bindparam("error_code"),
             gap_count=bindparam("gap_count"),
             server_version=bindparam("server_version"),
+            expires_at=bindparam("expires_at", type_=subscriptions.c.expires_at.type),
         ),
         [
             {
@@ -220,6 +384,7 @@ def _save(conn: Connection, chains: Sequence[Chain]) -> None:
                 "error_code": c.error_code,
                 "gap_count": c.gap_count,
                 "server_version": c.server_version,
+                "expires_at": c.expires_at,
             }
             for c in chains
         ],
@@ -246,11 +411,17 @@ def sweep(engine: Engine, gap_timeout: float, in_flight_of: InFlightOf | None = 
             }
         )
     in_flight: InFlight = in_flight_of(keys) if (in_flight_of and keys) else {}
+    young = _young(in_flight, now, gap_timeout)
     total = StoreResult()
     for key in keys:
         result = StoreResult()
         with engine.begin() as conn:
             chain = _lock(conn, [key])[key]
+            if chain.source == "graph":
+                advance(conn, chain, result, young.get(key, ()), set())
+                _save(conn, [chain])
+                total.add(result)
+                continue
             advance(conn, chain, result, in_flight.get(key, ()), set(), force_after=force_after)
             _save(conn, [chain])
         total.add(result)
