@@ -1,6 +1,7 @@
-"""What operators see: the queue, the workers, the dead-letter queue, the spool and the subscriptions.
+"""What operators see: the queue, the workers, the dead-letter queue, the spool and the subscriptions, EWS and
+Microsoft Graph alike (with Graph's expiries and the items the ingresses refused).
 
-Used by ``syncnotify status``, ``syncnotify subscriptions`` and the admin status page.
+Used by ``syncnotify status``, ``syncnotify subscriptions``, the admin status page and the metrics.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from rq.job import Job
 from sqlalchemy import Engine, func, select, update
 
 from ingress.spool import count_records
-from shared.queues import QUEUE_NAME, UNSUBSCRIBED_KEY
-from shared.schema import chain_links, insert_new, subscriptions
+from shared.queues import GRAPH_REJECTED_KEY, QUEUE_NAME, UNSUBSCRIBED_KEY
+from shared.schema import SUBSCRIPTION_STATES, chain_links, insert_new, subscriptions
 from shared.types import Payload
 from syncnotify import dlq
 
@@ -30,6 +31,24 @@ STALE_FACTOR = 3
 STALE_MIN_SECONDS = 15 * 60
 #: Without a learned interval, Exchange's longest StatusFrequency (1440 min) plus its retries is the bound.
 STALE_UNKNOWN_SECONDS = 26 * 3600
+
+#: A Graph subscription past its ``expires_at`` is dead at Graph, whatever its row says; it is shown so.
+EXPIRED = "expired"
+#: Every state a subscription can be shown in: the stored ones, and ``expired`` (never stored).
+SHOWN_STATES = (*SUBSCRIPTION_STATES, EXPIRED)
+#: States of subscriptions that are over for good: no notification comes, no renewal is due.
+RETIRED_STATES = frozenset({"unsubscribed", "removed"})
+#: The order of the list: the stale and troubled first, the retired next, the healthy last.
+STATE_RANK = {
+    "stale": 0,
+    EXPIRED: 0,
+    "error": 1,
+    "reauthorization_required": 1,
+    "needs_resync": 2,
+    "removed": 3,
+    "unsubscribed": 3,
+    "active": 4,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +63,11 @@ class Subscription:
     error_code: str | None
     heartbeat_seconds: float | None
     waiting: int
+    source: str = "ews"
+    #: Graph only: when Graph drops the subscription unless it is renewed.
+    expires_at: datetime | None = None
+    #: Graph only: the room mailbox, which links a removed subscription to the one that replaced it.
+    mailbox: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +81,9 @@ class Subscription:
             "error_code": self.error_code,
             "heartbeat_seconds": self.heartbeat_seconds,
             "waiting": self.waiting,
+            "source": self.source,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "mailbox": self.mailbox,
         }
 
 
@@ -68,16 +95,38 @@ def stale_after(heartbeat_seconds: float | None) -> timedelta:
 
 
 def shown_state(state: str, last_seen_at: datetime | None, heartbeat_seconds: float | None, now: datetime) -> str:
-    """``stale`` for an active subscription silent for much longer than usual, else the stored state."""
+    """``stale`` for an active EWS subscription silent for much longer than usual, else the stored state."""
     if state == "active" and last_seen_at is not None and now - last_seen_at > stale_after(heartbeat_seconds):
         return "stale"
     return state
 
 
+def shown_graph_state(state: str, expires_at: datetime | None, now: datetime) -> str:
+    """``expired`` for a Graph subscription not retired whose expiry has passed, else the stored state.
+
+    Graph sends no heartbeat, so silence says nothing (a quiet room is silent for weeks); the expiry is what
+    tells a dead Graph subscription, one that the renewal did not keep alive.
+    """
+    if state not in RETIRED_STATES and expires_at is not None and expires_at <= now:
+        return EXPIRED
+    return state
+
+
+def _shown(row: Any, now: datetime) -> str:
+    if row.source == "graph":
+        return shown_graph_state(row.state, row.expires_at, now)
+    return shown_state(row.state, row.last_seen_at, row.heartbeat_seconds, now)
+
+
 def list_subscriptions(
-    engine: Engine, tenant: str | None = None, state: str | None = None, now: datetime | None = None
+    engine: Engine,
+    tenant: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+    source: str | None = None,
 ) -> list[Subscription]:
-    """Subscriptions with their shown state, the stale and troubled ones first, then by last seen."""
+    """Subscriptions with their shown state, the stale and troubled ones first, then by last seen; only those
+    of ``tenant``, in shown ``state``, from ``source`` (``ews`` or ``graph``) when given."""
     now = now or datetime.now(UTC)
     waiting = (
         select(chain_links.c.tenant, chain_links.c.subscription_id, func.count().label("waiting"))
@@ -91,13 +140,15 @@ def list_subscriptions(
     )
     if tenant is not None:
         query = query.where(func.lower(subscriptions.c.tenant) == tenant.lower())
+    if source is not None:
+        query = query.where(subscriptions.c.source == source)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     result = [
         Subscription(
             tenant=r.tenant,
             subscription_id=r.subscription_id,
-            state=shown_state(r.state, r.last_seen_at, r.heartbeat_seconds, now),
+            state=_shown(r, now),
             last_seen_at=r.last_seen_at,
             last_watermark=r.last_watermark,
             last_seq=r.last_seq,
@@ -105,14 +156,16 @@ def list_subscriptions(
             error_code=r.error_code,
             heartbeat_seconds=r.heartbeat_seconds,
             waiting=r.waiting,
+            source=r.source,
+            expires_at=r.expires_at,
+            mailbox=r.mailbox,
         )
         for r in rows
     ]
     if state is not None:
         result = [s for s in result if s.state == state]
-    order = {"stale": 0, "error": 1, "needs_resync": 2, "unsubscribed": 3, "active": 4}
     oldest = datetime.min.replace(tzinfo=UTC)
-    result.sort(key=lambda s: (order.get(s.state, 5), s.last_seen_at or oldest, s.tenant, s.subscription_id))
+    result.sort(key=lambda s: (STATE_RANK.get(s.state, 5), s.last_seen_at or oldest, s.tenant, s.subscription_id))
     return result
 
 
@@ -137,6 +190,68 @@ def unsubscribe(engine: Engine, redis: Redis, subscription_ids: Iterable[str], t
     return int(changed)
 
 
+def expiring(subs: Iterable[Subscription]) -> list[Subscription]:
+    """The Graph subscriptions that still have an expiry to meet (not retired), the soonest first."""
+    live = [s for s in subs if s.source == "graph" and s.expires_at is not None and s.state not in RETIRED_STATES]
+    never = datetime.max.replace(tzinfo=UTC)  # not reached: ``live`` has an expiry each
+    return sorted(live, key=lambda s: (s.expires_at or never, s.tenant, s.subscription_id))
+
+
+def graph_rejected(redis: Redis) -> dict[str, int]:
+    """Graph items and posts refused by every ingress since the count began, by reason (``client_state`` …)."""
+    counts = redis.hgetall(GRAPH_REJECTED_KEY)
+    return {_text(key): int(value) for key, value in sorted(counts.items())}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class GraphStatus:
+    """The Graph side at a glance: subscriptions by shown state, the one that expires first, refusals."""
+
+    by_state: dict[str, int] = field(default_factory=dict)
+    #: The live Graph subscription whose expiry comes first (None: there is none).
+    soonest: Subscription | None = None
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+    @property
+    def in_use(self) -> bool:
+        """Whether there is anything Graph to show: a Graph subscription or a refused Graph post."""
+        return bool(self.by_state or self.rejected)
+
+    def as_json(self) -> dict[str, Any]:
+        soonest = self.soonest
+        return {
+            "subscriptions": {"total": self.total, "by_state": self.by_state},
+            "soonest_expiry": None
+            if soonest is None or soonest.expires_at is None
+            else {
+                "expires_at": soonest.expires_at.isoformat(),
+                "tenant": soonest.tenant,
+                "subscription_id": soonest.subscription_id,
+                "mailbox": soonest.mailbox,
+                "state": soonest.state,
+            },
+            "rejected": {"total": sum(self.rejected.values()), "by_reason": self.rejected},
+        }
+
+
+def graph_status(subs: Iterable[Subscription], rejected: dict[str, int]) -> GraphStatus:
+    """``GraphStatus`` of the Graph ones among ``subs``, with ``rejected`` (from ``graph_rejected``)."""
+    graph = [s for s in subs if s.source == "graph"]
+    by_state: dict[str, int] = {}
+    for sub in graph:
+        by_state[sub.state] = by_state.get(sub.state, 0) + 1
+    first = expiring(graph)
+    return GraphStatus(by_state, first[0] if first else None, rejected)
+
+
 @dataclass(slots=True)
 class Status:
     queue_depth: int
@@ -149,6 +264,7 @@ class Status:
     gaps: int
     waiting_links: int
     extra: dict[str, Any] = field(default_factory=dict)
+    graph: GraphStatus = field(default_factory=GraphStatus)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -163,6 +279,7 @@ class Status:
                 "gaps": self.gaps,
                 "waiting": self.waiting_links,
             },
+            "graph": self.graph.as_json(),
         }
 
 
@@ -199,4 +316,5 @@ def collect(
         subscriptions_by_state=by_state,
         gaps=sum(s.gap_count for s in subs),
         waiting_links=sum(s.waiting for s in subs),
+        graph=graph_status(subs, graph_rejected(redis)),
     )

@@ -37,3 +37,14 @@ def ago(at: datetime | None, now: datetime) -> str:
     if seconds < 5:
         return "just now"
     return duration(seconds) + " ago"
+
+
+def until(at: datetime, now: datetime) -> str:
+    """``'in 4 min'``, ``'in 4 d 19 h'`` for a time ahead (a Graph subscription's expiry); ``'now'`` within 5 s
+    either way; ``'3 h ago'`` once it has passed, as ``ago`` says it."""
+    seconds = int((at - now).total_seconds())
+    if abs(seconds) < 5:
+        return "now"
+    if seconds < 0:
+        return ago(at, now)
+    return "in " + duration(seconds)

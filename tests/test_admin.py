@@ -82,6 +82,9 @@ SUBSCRIPTION_FIELDS = {
     "error_code",
     "heartbeat_seconds",
     "waiting",
+    "source",
+    "expires_at",
+    "mailbox",
 }
 
 

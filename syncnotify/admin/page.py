@@ -7,7 +7,7 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from syncnotify.admin.snapshot import Snapshot
-from syncnotify.wording import ago, agree, counted, duration
+from syncnotify.wording import ago, agree, counted, duration, until
 
 #: The page reloads itself this often (seconds).
 REFRESH_SECONDS = 10
@@ -44,7 +44,7 @@ _env = Environment(
     keep_trailing_newline=False,
 )
 _env.filters.update(num=_num, duration=duration)
-_env.globals.update(ago=ago, agree=agree, counted=counted)
+_env.globals.update(ago=ago, agree=agree, counted=counted, until=until)
 
 
 def render(snap: Snapshot, refresh: int = REFRESH_SECONDS) -> str:

@@ -1,11 +1,12 @@
-"""What the status page shows, read in one go: the queue, workers, dead-letter queue, spool, throughput and every
-room's subscription, grouped by tenant.  No HTML here (``page.py`` renders it); ``as_json`` is ``/status.json``.
+"""What the status page shows, read in one go: the queue, workers, dead-letter queue, spool, throughput, the Graph
+side (subscriptions by state, the rooms whose subscriptions expire first, refused items) and every room's
+subscription, grouped by tenant.  No HTML here (``page.py`` renders it); ``as_json`` is ``/status.json``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,28 @@ from sqlalchemy import Engine, func, literal_column, select
 from sqlalchemy.sql.expression import case
 
 from shared.schema import notifications
-from syncnotify.status import Status, Subscription, collect, list_subscriptions
+from syncnotify.status import Status, Subscription, collect, expiring, list_subscriptions
 
 #: At most this many subscriptions are listed per tenant (the worst first); the page says when it cut.
 ROWS_PER_TENANT = 500
 #: Throughput is shown for each of the last this many minutes.
 THROUGHPUT_MINUTES = 15
+#: At most this many Graph subscriptions are listed by expiry, the soonest first (SPEC §10).
+EXPIRING_ROWS = 10
 #: States in the order the page shows their counts (others follow, by name).
-STATE_ORDER = ("stale", "error", "needs_resync", "unsubscribed", "active")
-#: The states the banner counts as needing an operator.
-ATTENTION_STATES = frozenset({"stale", "error", "needs_resync"})
+STATE_ORDER = (
+    "stale",
+    "expired",
+    "error",
+    "reauthorization_required",
+    "needs_resync",
+    "removed",
+    "unsubscribed",
+    "active",
+)
+#: The states the banner counts as needing an operator.  ``removed`` is not one: syncnotify replaces such a
+#: subscription itself, and the retired row stays for good as ROOMS' sign to resync that room.
+ATTENTION_STATES = frozenset({"stale", "expired", "error", "reauthorization_required", "needs_resync"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,11 @@ class TenantView:
     @property
     def truncated(self) -> bool:
         return len(self.subscriptions) < self.total
+
+    @property
+    def has_graph(self) -> bool:
+        """Whether the table needs the Graph columns (source, expiry): an EWS-only tenant's stay as they were."""
+        return any(s.source == "graph" for s in self.subscriptions)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +77,8 @@ class Snapshot:
     #: Rows stored in each of the last minutes, the most recent minute first.
     per_minute: list[int]
     tenants: list[TenantView]
+    #: Live Graph subscriptions, the soonest to expire first, at most ``EXPIRING_ROWS``.
+    expiring: list[Subscription] = field(default_factory=list)
 
     def rows_in_last(self, minutes: int) -> int:
         return sum(self.per_minute[:minutes])
@@ -71,7 +91,7 @@ class Snapshot:
     def as_json(self) -> dict[str, Any]:
         return {
             "generated_at": self.generated_at.isoformat(),
-            "status": self.status.as_json(),
+            "status": self.status_json(),
             "throughput": {
                 "per_minute": self.per_minute,
                 "last_1_min": self.rows_in_last(1),
@@ -80,6 +100,12 @@ class Snapshot:
             },
             "tenants": [t.as_json() for t in self.tenants],
         }
+
+    def status_json(self) -> dict[str, Any]:
+        """``Status.as_json`` with the Graph rooms by expiry (``status.graph.expiring``), as the page lists them."""
+        document = self.status.as_json()
+        document["graph"]["expiring"] = [s.as_json() for s in self.expiring]
+        return document
 
 
 def rows_per_minute(engine: Engine, now: datetime, minutes: int = THROUGHPUT_MINUTES) -> list[int]:
@@ -125,7 +151,10 @@ def snapshot(
     subs = list_subscriptions(engine, now=now)
     status = collect(engine, redis, spool_dir, now=now, subs=subs)
     status.subscriptions_by_state = ordered_states(status.subscriptions_by_state)
-    return Snapshot(now, status, rows_per_minute(engine, now), by_tenant(subs, limit))
+    graph = status.graph
+    status.graph = replace(graph, by_state=ordered_states(graph.by_state))
+    first = expiring(subs)[:EXPIRING_ROWS]
+    return Snapshot(now, status, rows_per_minute(engine, now), by_tenant(subs, limit), first)
 
 
 def ordered_states(counts: dict[str, int]) -> dict[str, int]:

@@ -1,9 +1,11 @@
-"""Commands that play Exchange's part: ``send`` (payload files) and ``simulate`` (a fleet of rooms)."""
+"""Commands that play Exchange's or Graph's part: ``send`` (payload files) and ``simulate`` (a fleet of rooms)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +15,8 @@ from syncnotify.cli.helpers import add_command
 from syncnotify.simulator.options import SimulateOptions
 
 if TYPE_CHECKING:
+    import httpx
+
     from syncnotify.cli.helpers import Subparsers
 
 HEADERS = {
@@ -21,31 +25,68 @@ HEADERS = {
     "User-Agent": "ExchangeServicesClient/15.20 (syncnotify send)",
 }
 
+#: What Graph's change-notification POSTs carry (JSON, UTF-8); the agent names the sender for the logs.
+GRAPH_HEADERS = {
+    "Content-Type": "application/json; charset=utf-8",
+    "User-Agent": "Microsoft-Graph-Change-Notifications/1.0 (syncnotify send)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """How one source posts a file, which answer means it was taken, and what of the answer is worth printing."""
+
+    headers: dict[str, str]
+    accepted: int
+    describe: Callable[[httpx.Response], str]
+
+
+def _soap_answer(response: httpx.Response) -> str:
+    """``OK`` or ``Unsubscribe`` from a 200 answer (the SubscriptionStatus), else the reason the ingress gave."""
+    if response.status_code != 200:
+        return response.text.strip()
+    text = response.text
+    start = text.find("SubscriptionStatus>")
+    return text[start + len("SubscriptionStatus>") :].split("<", 1)[0] if start >= 0 else text[:80]
+
+
+def _graph_answer(response: httpx.Response) -> str:
+    """``Accepted`` for Graph's expected empty 202; else the reason the ingress gave (its status's name if none)."""
+    return response.text.strip() or response.reason_phrase
+
+
+EWS_SENDER = Sender(HEADERS, 200, _soap_answer)
+GRAPH_SENDER = Sender(GRAPH_HEADERS, 202, _graph_answer)
+
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """Post payload files the way Exchange does; print each answer; fail if any is not 200."""
+    """Post payload files the way Exchange (or, with ``--graph``, Microsoft Graph) does; print each answer;
+    fail if any was not taken (200 for EWS, 202 for Graph)."""
     import httpx
 
+    sender = GRAPH_SENDER if args.graph else EWS_SENDER
     failures = 0
     with httpx.Client(timeout=args.timeout) as client:
         for name in args.files:
-            try:
-                body = Path(name).read_bytes()
-            except OSError as exc:
-                raise SyncNotifyError(f"cannot read {name}: {exc.strerror}") from None
-            try:
-                response = client.post(args.url, content=body, headers=HEADERS)
-            except httpx.HTTPError as exc:
-                raise SyncNotifyError(f"cannot post {name} to {args.url}: {exc}") from None
-            status = _subscription_status(response.text) if response.status_code == 200 else response.text.strip()
-            print(f"{name}: {response.status_code} {status}")
-            failures += response.status_code != 200
+            response = _post(client, args.url, name, sender.headers)
+            print(f"{name}: {response.status_code} {sender.describe(response)}")
+            failures += response.status_code != sender.accepted
     return 1 if failures else 0
 
 
-def _subscription_status(text: str) -> str:
-    start = text.find("SubscriptionStatus>")
-    return text[start + len("SubscriptionStatus>") :].split("<", 1)[0] if start >= 0 else text[:80]
+def _post(client: httpx.Client, url: str, name: str, headers: dict[str, str]) -> httpx.Response:
+    """The file ``name`` posted as it is, byte for byte (a broken file is worth sending: the ingress must say
+    why); ``SyncNotifyError`` in one line if it cannot be read or posted."""
+    import httpx
+
+    try:
+        body = Path(name).read_bytes()
+    except OSError as exc:
+        raise SyncNotifyError(f"cannot read {name}: {exc.strerror}") from None
+    try:
+        return client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise SyncNotifyError(f"cannot post {name} to {url}: {exc}") from None
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,11 +145,17 @@ def add_parsers(subparsers: Subparsers) -> None:
     text = "an Exchange simulator: many rooms posting real-format chains"
     add_simulate_arguments(add_command(subparsers, "simulate", cmd_simulate, text))
 
-    send = add_command(subparsers, "send", cmd_send, "post payload files the way Exchange does")
+    send = add_command(subparsers, "send", cmd_send, "post payload files the way Exchange (or Graph) does")
     send.add_argument("files", nargs="+", metavar="FILE")
     send.add_argument(
         "--url",
         required=True,
-        help="callback URL, e.g. http://127.0.0.1:8080/Webservices/SyncNotification.svc",
+        help="callback URL, e.g. http://127.0.0.1:8080/Webservices/SyncNotification.svc, or with --graph "
+        "http://127.0.0.1:8080/api/webhooks/graph?tenant=Default",
+    )
+    send.add_argument(
+        "--graph",
+        action="store_true",
+        help="post JSON change (or lifecycle) notifications as Microsoft Graph does; 202 is success",
     )
     send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
