@@ -68,13 +68,17 @@ async def _refuse(send: Send, receive: Receive, rejection: Rejection) -> None:
     then the rest of the body is read and dropped (up to ``LINGER_BYTES``, for ``LINGER_SECONDS``), and
     only then is the connection closed.
     """
-    reason = rejection.reason.encode()
-    if not rejection.body_pending:
-        return await _answer(send, rejection.status, reason, _TEXT_TYPE)
-    headers = [(b"content-length", str(len(reason)).encode()), _TEXT_TYPE, (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": rejection.status, "headers": headers})
+    await _answer_text(send, receive, rejection.status, rejection.reason.encode(), rejection.body_pending)
+
+
+async def _answer_text(send: Send, receive: Receive, status: int, text: bytes, body_pending: bool) -> None:
+    """A plain-text answer; with ``body_pending``, followed by the lingering close ``_refuse`` describes."""
+    if not body_pending:
+        return await _answer(send, status, text, _TEXT_TYPE)
+    headers = [(b"content-length", str(len(text)).encode()), _TEXT_TYPE, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     # more_body: the client has the whole answer (Content-Length), but the server must not close yet
-    await send({"type": "http.response.body", "body": reason, "more_body": True})
+    await send({"type": "http.response.body", "body": text, "more_body": True})
     await _discard_body(receive)
     await send({"type": "http.response.body", "body": b""})
 
@@ -135,14 +139,7 @@ async def _answer_handshake(send: Send, receive: Receive, handshake: graph.Hands
     """``200`` with the decoded token as plain text; a body (Graph sends none) is read and dropped."""
     metrics.GRAPH_VALIDATIONS.inc()
     logger.info("answered a Graph validation request")
-    if not handshake.body_pending:
-        return await _answer(send, 200, handshake.token.encode(), _TEXT_TYPE)
-    token = handshake.token.encode()
-    headers = [(b"content-length", str(len(token)).encode()), _TEXT_TYPE, (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": token, "more_body": True})
-    await _discard_body(receive)
-    await send({"type": "http.response.body", "body": b""})
+    await _answer_text(send, receive, 200, handshake.token.encode(), handshake.body_pending)
 
 
 def _graph_notifier(app: FastAPI, settings: Settings) -> ASGIHandler:

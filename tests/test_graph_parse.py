@@ -12,7 +12,6 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +20,10 @@ from hypothesis import strategies as st
 
 from shared.errors import PermanentError
 from shared.graph import CHANGE_TYPES, LIFECYCLE_EVENTS
+from tests.graph_samples import items, sample
 from worker.graph import parse_graph, watermark
 from worker.graph_types import BadItem, Change, EncryptedContent, GraphPayload, Lifecycle
 
-SAMPLES = Path(__file__).parent / "samples" / "graph"
 TENANT = "5d1c7e0a-3b6f-4a92-8e41-0a7f3c9b2d18"
 ROOM_A = "2b9e6f14-8c3d-4a71-9e05-d7c4a1f6b382"  # the subscriptions of rooms A-101 and B-204
 ROOM_B = "71c0d8a3-5e29-4f6b-8a14-3b9e2c7d0f55"
@@ -47,16 +46,6 @@ PROPERTY = settings(
     max_examples=300,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-
-
-def sample(name: str) -> bytes:
-    (path,) = SAMPLES.glob(f"{name}-*.json")
-    return path.read_bytes()
-
-
-def items(name: str) -> list[dict[str, Any]]:
-    value: list[dict[str, Any]] = json.loads(sample(name))["value"]
-    return value
 
 
 def post(*value: Any, **extra: Any) -> bytes:
