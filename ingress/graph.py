@@ -43,10 +43,6 @@ class Accepted:
     lifecycle: Counter[str] = field(default_factory=Counter)
     rejected: int = 0  # items without a matching clientState
 
-    @property
-    def empty(self) -> bool:
-        return not self.subscription_ids and not self.changes and not self.lifecycle
-
 
 def _validation_token(scope: Scope) -> str | None:
     """The ``validationToken`` query parameter, URL-decoded exactly once (``+``, ``%`` and spaces survive)."""
