@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import SyncNotifyError
 from shared.ews import SOAP_ACTION
 from syncnotify.cli.helpers import add_command
-from syncnotify.simulator.options import SimulateOptions
+from syncnotify.simulator.options import DEFAULT_GRAPH_URL, DEFAULT_URL, SimulateOptions
 
 if TYPE_CHECKING:
     import httpx
@@ -92,34 +93,85 @@ def _post(client: httpx.Client, url: str, name: str, headers: dict[str, str]) ->
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``syncnotify simulate``."""
     d = SimulateOptions()
-    parser.add_argument("--url", default=d.url, help=f"callback URL to post to (default {d.url})")
+    parser.add_argument(
+        "--url", help=f"callback URL to post to (default {DEFAULT_URL}, with --graph {DEFAULT_GRAPH_URL})"
+    )
     parser.add_argument("--subscriptions", type=int, default=d.subscriptions, help="rooms (default %(default)s)")
     parser.add_argument(
-        "--notifications", type=int, default=d.notifications, help="distinct notifications in all (default %(default)s)"
+        "--notifications",
+        type=int,
+        default=d.notifications,
+        help="distinct notifications in all; with --graph, changes (default %(default)s)",
     )
     parser.add_argument("--connections", type=int, default=d.connections, help="keep-alive connections (default 64)")
-    parser.add_argument("--duplicates", type=float, default=d.duplicates, help="share posted twice (default 0.05)")
+    parser.add_argument(
+        "--duplicates", type=float, default=d.duplicates, help="share posted twice (with --graph: of POSTs; 0.05)"
+    )
     parser.add_argument("--rate", type=float, default=d.rate, help="posts/s in all, 0 = as fast as possible")
-    parser.add_argument("--tenant", default=d.tenant, help="tenant of the rows, added as ?TENANT to a bare URL")
+    parser.add_argument("--tenant", default=d.tenant, help="tenant of the rows, added to a URL that names none")
     parser.add_argument("--seed", type=int, default=None, help="seed of the plan (default: random, printed)")
     parser.add_argument("--verify", metavar="DATABASE_URL", help="after sending, wait for the drain and check rows")
     parser.add_argument("--processes", type=int, default=d.processes, help="sending processes, 0 = one per CPU")
     parser.add_argument("--client", choices=("raw", "httpx"), default=d.client, help="HTTP client (default raw)")
-    parser.add_argument("--heartbeats", type=float, default=d.heartbeats, help="share of StatusEvent heartbeats")
-    parser.add_argument("--bursts", type=float, default=d.bursts, help="share of MoreEvents bursts (two parts each)")
     parser.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for an answer")
     parser.add_argument(
-        "--retry-delay", type=float, default=d.retry_delay, help="seconds before a retry (Exchange: 30)"
+        "--retry-delay",
+        type=float,
+        default=d.retry_delay,
+        help="seconds before the first retry, doubled for each next one up to 5 min (Exchange: 30; default 1)",
     )
-    parser.add_argument("--max-attempts", type=int, default=d.max_attempts, help="posts of one notification at most")
+    parser.add_argument(
+        "--max-attempts", type=int, default=d.max_attempts, help="attempts of one post at most (default 5)"
+    )
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds to wait for the rows")
     parser.add_argument("--progress-every", type=float, default=d.progress_every, help="seconds between progress")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document on stdout")
+    ews = parser.add_argument_group("Exchange (EWS, the default)")
+    ews.add_argument("--heartbeats", type=float, default=d.heartbeats, help="share of StatusEvent heartbeats")
+    ews.add_argument("--bursts", type=float, default=d.bursts, help="share of MoreEvents bursts (two parts each)")
+    graph = parser.add_argument_group(
+        "Microsoft Graph",
+        "rooms' created-then-updated pairs, 2–4 updates per edit and deletes, several rooms per POST, "
+        "lifecycle events to URL/lifecycle; 2xx is taken",
+    )
+    graph.add_argument("--graph", action="store_true", help="play Microsoft Graph's change notifications")
+    graph.add_argument(
+        "--client-state",
+        metavar="SECRET",
+        help="clientState of every item (default: the first of $SYNCNOTIFY_GRAPH_CLIENT_STATE)",
+    )
+    graph.add_argument(
+        "--directory-tenant",
+        metavar="UUID",
+        default=d.directory_tenant,
+        help="the items' tenantId (default a fixed one)",
+    )
+    graph.add_argument(
+        "--lifecycle",
+        metavar="N",
+        type=int,
+        default=d.lifecycle,
+        help="rooms that also get a lifecycle event, missed and reauthorizationRequired in turn (default 0)",
+    )
+    graph.add_argument(
+        "--items-per-post", metavar="N", type=int, default=d.items_per_post, help="most items in one POST (default 10)"
+    )
 
 
 def options_from(args: argparse.Namespace) -> SimulateOptions:
+    """The options of a parsed command line; ``ValueError`` if ``--graph`` has no clientState to send."""
     names = SimulateOptions.__dataclass_fields__
-    return SimulateOptions(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+    options = SimulateOptions(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+    if options.graph and not options.client_state:
+        secrets = os.environ.get("SYNCNOTIFY_GRAPH_CLIENT_STATE", "").split(",")
+        accepted = next((secret.strip() for secret in secrets if secret.strip()), "")
+        if not accepted:
+            raise ValueError(
+                "--graph needs --client-state SECRET (one of the ingress's SYNCNOTIFY_GRAPH_CLIENT_STATE), "
+                "or that variable set here: the ingress drops items without it"
+            )
+        options = replace(options, client_state=accepted)
+    return options
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -142,7 +194,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: Subparsers) -> None:
-    text = "an Exchange simulator: many rooms posting real-format chains"
+    text = "an Exchange (or, with --graph, Microsoft Graph) simulator: many rooms posting real-format notifications"
     add_simulate_arguments(add_command(subparsers, "simulate", cmd_simulate, text))
 
     send = add_command(subparsers, "send", cmd_send, "post payload files the way Exchange (or Graph) does")

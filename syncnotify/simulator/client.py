@@ -10,11 +10,11 @@ chunked answers: the servers measured here always send ``Content-Length``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from shared.ews import SOAP_ACTION
-from syncnotify.simulator.payloads import CONTENT_TYPE
+from syncnotify.simulator.payloads import HEADERS
 
 
 class HTTPError(Exception):
@@ -28,9 +28,10 @@ class Connection(Protocol):
 
 
 class Target:
-    """Where to post: host, port and path (with query) of a callback URL; only ``http://``."""
+    """Where to post, and how: host, port and path (with query) of a callback URL (only ``http://``) and the
+    request's headers (default: Exchange's)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str] = HEADERS) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"not an http:// URL: {url}")
@@ -38,12 +39,10 @@ class Target:
         self.host = parts.hostname
         self.port = parts.port or 80
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.headers = dict(headers)
         host_header = parts.netloc.rsplit("@", 1)[-1]
-        self.head = (
-            f"POST {self.path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {CONTENT_TYPE}\r\n"
-            f'SOAPAction: "{SOAP_ACTION}"\r\nUser-Agent: ExchangeServicesClient/15.20 (syncnotify simulate)\r\n'
-            "Content-Length: "
-        ).encode("latin-1")
+        lines = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        self.head = f"POST {self.path} HTTP/1.1\r\nHost: {host_header}\r\n{lines}Content-Length: ".encode("latin-1")
 
     def request(self, body: bytes) -> bytes:
         return b"".join((self.head, str(len(body)).encode(), b"\r\n\r\n", body))
@@ -150,15 +149,10 @@ class HttpxConnection:
         self.target = target
         self._httpx = httpx
         self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=1))
-        self._headers = {
-            "Content-Type": CONTENT_TYPE,
-            "SOAPAction": f'"{SOAP_ACTION}"',
-            "User-Agent": "ExchangeServicesClient/15.20 (syncnotify simulate)",
-        }
 
     async def post(self, body: bytes) -> tuple[int, bytes]:
         try:
-            response = await self._client.post(self.target.url, content=body, headers=self._headers)
+            response = await self._client.post(self.target.url, content=body, headers=self.target.headers)
         except self._httpx.HTTPError as exc:
             raise HTTPError(str(exc) or type(exc).__name__) from exc
         return response.status_code, response.content

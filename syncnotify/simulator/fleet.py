@@ -1,15 +1,17 @@
-"""``syncnotify simulate``: an Exchange server fleet posting push notifications, for load and for trust.
+"""``syncnotify simulate``: an Exchange server fleet, or Microsoft Graph, posting notifications, for load and trust.
 
-Like Exchange, each subscription posts its next notification only after the previous one was answered 200
-(sequential per subscription), while many subscriptions post in parallel over ``connections`` keep-alive
-connections; a free connection takes a random ready subscription, so a subscription's posts travel over
-different connections.  A notification with ``MoreEvents=true`` is followed at once, on the same connection,
-by its next part.  A share of notifications is posted a second time right after the 200 (Exchange's retry of
-an answer it did not see).  An answer other than 200 or a broken connection is retried after
-``retry_delay`` seconds, at most ``max_attempts`` times; then that subscription gives up, as Exchange's does.
+A player (``syncnotify.simulator.play``) knows the protocol: ``EwsPlayer`` posts each mailbox's watermark
+chain, ``GraphPlayer`` batches rooms' changes into JSON POSTs.  Here, as both servers do, a subscription
+posts its next notification only after the previous one was taken (sequential per subscription), while many
+subscriptions post in parallel over ``connections`` keep-alive connections; a free connection takes a random
+ready subscription, so a subscription's posts travel over different connections.  An answer that is not
+taken (EWS: 200, Graph: 2xx) or a broken connection is retried after ``retry_delay`` seconds, then twice as
+long each time (at most ``MAX_RETRY_DELAY``), ``max_attempts`` posts in all; then the subscriptions of that
+post give up, as Exchange's do (Graph retries for 4 hours).
 
 With ``verify`` (a database URL), it then waits until the database holds everything that was acknowledged
-and checks: 0 lost, 0 duplicated, ``seq`` 1…n per subscription in watermark-chain order, no gaps.
+and checks: 0 lost, 0 duplicated, ``seq`` 1…n per subscription in the order sent, no gaps but those of
+Graph's ``missed`` events, and (Graph) the states the lifecycle events set.
 
 Function API: ``simulate(SimulateOptions(...)) -> SimulationReport`` (``syncnotify.simulator.options``); the
 command line is ``syncnotify simulate`` (``syncnotify.cli.tools``).  It only ever connects to the URL it is given.
@@ -30,17 +32,18 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.sharedctypes import RawArray
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from syncnotify.simulator.client import HTTPError, Target, connect, new_event_loop
-from syncnotify.simulator.mailboxes import Mailbox, Mix, Planned, mailboxes
+from syncnotify.simulator.client import Connection, HTTPError, connect, new_event_loop
 from syncnotify.simulator.options import SimulateOptions, SimulationReport
+from syncnotify.simulator.play import GAVE_UP, UNSUBSCRIBED, Player, Pool
 
 if TYPE_CHECKING:
     from syncnotify.simulator.verify import Expected
 
-#: Slots per process in the shared progress array: posts answered, posts answered 200, failures.
+#: Slots per process in the shared progress array: posts answered, posts taken, failures.
 _SLOTS = 3
+#: The longest wait between two attempts of one post (seconds).
+MAX_RETRY_DELAY = 300.0
 
 
 @dataclass(slots=True)
@@ -54,63 +57,11 @@ class _PartResult:
     failures: int = 0
     gave_up: int = 0
     unsubscribed: int = 0
-    #: Notifications acknowledged, by mailbox index.
+    #: Steps acknowledged, by subscription index.
     acknowledged: dict[int, int] = field(default_factory=dict)
     latencies: bytes = b""
     started: float = 0.0
     finished: float = 0.0
-
-
-class _Subscription:
-    """A mailbox's progress through its plan; posted by one connection at a time."""
-
-    __slots__ = ("mailbox", "plan", "current", "repeat", "acknowledged", "ended")
-
-    def __init__(self, mailbox: Mailbox) -> None:
-        self.mailbox = mailbox
-        self.plan = mailbox.plan()
-        self.current: Planned | None = next(self.plan, None)
-        self.repeat = False  # the next post is the retry duplicate of the one just acknowledged
-        self.acknowledged = 0
-        self.ended = False
-
-    def advance(self) -> None:
-        assert self.current is not None
-        if not self.repeat:
-            self.acknowledged += 1
-            if self.current.duplicate:
-                self.repeat = True
-                return
-        self.repeat = False
-        self.current = next(self.plan, None)
-
-
-class _Pool:
-    """Subscriptions ready for their next post; a free connection takes a random one."""
-
-    def __init__(self, subs: list[_Subscription], rng: random.Random) -> None:
-        self.ready = [s for s in subs if s.current is not None]
-        self.busy = 0
-        self.rng = rng
-        self.changed = asyncio.Event()
-
-    async def take(self) -> _Subscription | None:
-        """A ready subscription, or ``None`` once none is ready and none can become ready."""
-        while not self.ready:
-            if self.busy == 0:
-                return None
-            self.changed.clear()
-            await self.changed.wait()
-        index = self.rng.randrange(len(self.ready))
-        self.ready[index], self.ready[-1] = self.ready[-1], self.ready[index]
-        self.busy += 1
-        return self.ready.pop()
-
-    def give_back(self, sub: _Subscription) -> None:
-        self.busy -= 1
-        if sub.current is not None and not sub.ended:
-            self.ready.append(sub)
-        self.changed.set()
 
 
 class _Pacer:
@@ -132,75 +83,82 @@ class _Pacer:
             await asyncio.sleep(slot - now)
 
 
+def backoff(first: float, attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (from 1): ``first``, doubled each time, capped."""
+    return min(first * 2.0 ** (attempt - 1), MAX_RETRY_DELAY)
+
+
+def player_for(options: SimulateOptions, seed: int, slot: int = 0) -> Player[Any]:
+    """The player of ``options`` (Graph or EWS); ``slot`` seeds its per-process choices."""
+    if options.graph:
+        from syncnotify.simulator.graph_player import GraphPlayer
+
+        return GraphPlayer(options, seed, slot)
+    from syncnotify.simulator.ews_player import EwsPlayer
+
+    return EwsPlayer(options, seed)
+
+
 async def _drive(
     options: SimulateOptions, seed: int, indices: Sequence[int], share: float, slots: Any, slot: int
 ) -> _PartResult:
-    """Send the plans of mailboxes ``indices`` over ``share`` of the connections and of the rate."""
-    mix = Mix(options.heartbeats, options.bursts, options.duplicates)
-    fleet = mailboxes(seed, options.subscriptions, options.notifications, mix)
-    subs = [_Subscription(fleet[i]) for i in indices]
-    pool = _Pool(subs, random.Random(f"{seed}:pool:{slot}"))
+    """Send the plans of subscriptions ``indices`` over ``share`` of the connections and of the rate."""
+    player = player_for(options, seed, slot)
+    subs = player.subscriptions(indices)
+    pool: Pool[Any] = Pool(subs, random.Random(f"{seed}:pool:{slot}"))
     pacer = _Pacer(options.rate * share)
-    target = Target(_url_with_tenant(options.url, options.tenant))
     result = _PartResult()
     latencies = array("d")
     connections = max(1, round(options.connections * share))
 
-    async def post(conn: Any, sub: _Subscription) -> bool:
-        """Post ``sub``'s current body until it is answered 200; ``False`` if the subscription gave up."""
-        assert sub.current is not None
-        body = sub.mailbox.render(sub.current)
-        for attempt in range(1, options.max_attempts + 1):
-            await pacer.wait()
-            started = time.perf_counter()
-            try:
-                status, answer = await conn.post(body)
-            except HTTPError:
-                result.failures += 1
-                slots[slot * _SLOTS + 2] += 1
-            else:
-                latencies.append(time.perf_counter() - started)
-                result.posts += 1
-                result.statuses[str(status)] += 1
-                slots[slot * _SLOTS] += 1
-                if status == 200:
-                    slots[slot * _SLOTS + 1] += 1
-                    if b"Unsubscribe" in answer:
-                        result.unsubscribed += 1
-                        sub.ended = True
-                    return True
-            if attempt < options.max_attempts:
-                await asyncio.sleep(options.retry_delay)
-        result.gave_up += 1
-        sub.ended = True
-        return False
-
     async def connection() -> None:
-        conn = connect(options.client, target, options.timeout)
+        conns: dict[str, Connection] = {}
+
+        async def send(endpoint: str, body: bytes, items: int, redelivery: bool = False) -> bytes | None:
+            if endpoint not in conns:
+                conns[endpoint] = connect(options.client, player.targets[endpoint], options.timeout)
+            conn = conns[endpoint]
+            for attempt in range(1, options.max_attempts + 1):
+                await pacer.wait()
+                started = time.perf_counter()
+                try:
+                    status, answer = await conn.post(body)
+                except HTTPError:
+                    result.failures += 1
+                    slots[slot * _SLOTS + 2] += 1
+                else:
+                    latencies.append(time.perf_counter() - started)
+                    result.posts += 1
+                    result.statuses[str(status)] += 1
+                    slots[slot * _SLOTS] += 1
+                    if player.accepted(status):
+                        slots[slot * _SLOTS + 1] += 1
+                        if redelivery:
+                            result.duplicates_posted += items
+                        else:
+                            result.notifications += items
+                        return answer
+                if attempt < options.max_attempts:
+                    await asyncio.sleep(backoff(options.retry_delay, attempt))
+            return None
+
         try:
             while (sub := await pool.take()) is not None:
                 try:
-                    while sub.current is not None and not sub.ended:
-                        repeat = sub.repeat
-                        more = sub.current.more_events  # its retry duplicate, then its next part, follow at once
-                        if not await post(conn, sub):
-                            break
-                        if repeat:
-                            result.duplicates_posted += 1
-                        else:
-                            result.notifications += 1
-                        sub.advance()
-                        if not more:  # a MoreEvents part is followed at once by the next one
-                            break
+                    await player.turn(sub, pool, send)
                 finally:
                     pool.give_back(sub)
+            await player.finish(send)
         finally:
-            await conn.close()
+            for conn in conns.values():
+                await conn.close()
 
     result.started = time.time()
     await asyncio.gather(*(connection() for _ in range(connections)))
     result.finished = time.time()
-    result.acknowledged = {sub.mailbox.index: sub.acknowledged for sub in subs}
+    result.acknowledged = {sub.index: sub.acknowledged for sub in subs}
+    result.gave_up = sum(1 for sub in subs if sub.ended == GAVE_UP)
+    result.unsubscribed = sum(1 for sub in subs if sub.ended == UNSUBSCRIBED)
     result.latencies = latencies.tobytes()
     return result
 
@@ -223,45 +181,44 @@ def _child(
         pipe.close()
 
 
-def _url_with_tenant(url: str, tenant: str) -> str:
-    parts = urlsplit(url)
-    names_tenant = parts.query or parts.path.strip("/").lower().count("/") >= 2
-    return url if names_tenant else f"{url}?{tenant}"
-
-
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
 def simulate(options: SimulateOptions, say: Callable[[str], None] | None = _say) -> SimulationReport:
-    """Send the plan to ``options.url`` (and verify when asked); ``say`` gets progress lines (``None``: quiet)."""
+    """Send the plan to ``options.url`` (and verify when asked); ``say`` gets progress lines (``None``: quiet).
+
+    Raises ``ValueError`` for options that cannot be played."""
     if options.subscriptions < 1 or options.notifications < 1 or options.connections < 1:
         raise ValueError("subscriptions, notifications and connections must be at least 1")
     if not 0 <= options.duplicates <= 1 or not 0 <= options.heartbeats + options.bursts <= 1:
         raise ValueError("duplicates, heartbeats and bursts are fractions between 0 and 1")
+    if options.max_attempts < 1 or options.lifecycle < 0:
+        raise ValueError("max attempts must be at least 1, lifecycle at least 0")
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(1, 10**9)
+    player = player_for(options, seed)
     processes = options.processes or os.cpu_count() or 1
     processes = max(1, min(processes, options.subscriptions, options.connections))
     parts = [list(range(p, options.subscriptions, processes)) for p in range(processes)]
     slots = RawArray("q", _SLOTS * processes)
-    report = SimulationReport(seed=seed, url=_url_with_tenant(options.url, options.tenant))
-    total_posts = options.notifications
+    report = SimulationReport(seed=seed, url=next(iter(player.targets.values())).url)
+    report.planned = player.planned()
     if say:
         say(
-            f"simulate: {options.subscriptions} subscriptions, {options.notifications} notifications, "
-            f"{options.connections} connections, {processes} processes, {options.client} client, "
-            f"rate {options.rate or 'max'}, seed {seed} → {report.url}"
+            f"simulate{' --graph' if options.graph else ''}: {options.subscriptions} subscriptions, "
+            f"{report.planned} notifications, {options.connections} connections, {processes} processes, "
+            f"{options.client} client, rate {options.rate or 'max'}, seed {seed} → {report.url}"
         )
 
     def show(started: float) -> None:
         answered = sum(slots[i * _SLOTS] for i in range(processes))
-        ok = sum(slots[i * _SLOTS + 1] for i in range(processes))
+        taken = sum(slots[i * _SLOTS + 1] for i in range(processes))
         failed = sum(slots[i * _SLOTS + 2] for i in range(processes))
         elapsed = time.monotonic() - started
         if say:
             say(
-                f"  {elapsed:6.1f} s: {answered:,} posts answered (~{total_posts:,} + duplicates), "
-                f"{ok:,} with 200, {failed} connection failures, {answered / max(elapsed, 1e-9):,.0f}/s"
+                f"  {elapsed:6.1f} s: {answered:,} posts answered ({report.planned:,} notifications to send), "
+                f"{taken:,} taken, {failed} connection failures, {answered / max(elapsed, 1e-9):,.0f}/s"
             )
 
     started = time.monotonic()
@@ -270,14 +227,7 @@ def simulate(options: SimulateOptions, say: Callable[[str], None] | None = _say)
     else:
         results = _run_in_children(options, seed, parts, slots, show if say else None)
     report.seconds = time.monotonic() - started
-    from syncnotify.simulator.verify import (  # SQLAlchemy only when checking: keeps the command quick to start
-        expected_of,
-        verify,
-    )
-
     expected: list[Expected] = []
-    mix = Mix(options.heartbeats, options.bursts, options.duplicates)
-    fleet = mailboxes(seed, options.subscriptions, options.notifications, mix)
     for result in results:
         report.posts += result.posts
         report.notifications += result.notifications
@@ -288,11 +238,13 @@ def simulate(options: SimulateOptions, say: Callable[[str], None] | None = _say)
         report.unsubscribed += result.unsubscribed
         report.acknowledged += sum(result.acknowledged.values())
         report.latencies.frombytes(result.latencies)
-        expected.extend(expected_of(fleet[i], n) for i, n in result.acknowledged.items())
-    report.planned = options.notifications
+        if options.verify:
+            expected.extend(player.expected(i, n) for i, n in result.acknowledged.items())
     if say:
         say(f"sent {report.posts:,} posts in {report.seconds:.1f} s ({report.rate:,.0f}/s)")
     if options.verify:
+        from syncnotify.simulator.verify import verify  # SQLAlchemy only when checking: keeps the command quick
+
         if say:
             say(f"verify: waiting up to {options.drain_timeout:.0f} s for the database to hold every row …")
         report.verify = verify(options.verify, options.tenant, expected, options.drain_timeout, say)

@@ -12,18 +12,24 @@ if TYPE_CHECKING:
     from syncnotify.simulator.verify import VerifyReport
 
 DEFAULT_URL = "http://127.0.0.1:8080/Webservices/SyncNotification.svc"
+DEFAULT_GRAPH_URL = "http://127.0.0.1:8080/api/webhooks/graph"
+#: The Entra tenant (``tenantId``) of the simulated Graph items.
+DIRECTORY_TENANT = "5f0c2a9e-3b7d-4e61-9a48-c1d2e3f4a5b6"
 
 
 @dataclass(frozen=True, slots=True)
 class SimulateOptions:
     """What to simulate; the defaults are the issue's soak (2,000 rooms, 100,000 notifications)."""
 
-    url: str = DEFAULT_URL
+    #: Where to post; ``None`` = ``DEFAULT_URL``, or ``DEFAULT_GRAPH_URL`` with ``graph``.
+    url: str | None = None
+    #: Play Microsoft Graph (JSON change notifications) instead of Exchange's EWS.
+    graph: bool = False
     subscriptions: int = 2000
     #: Distinct notifications to send in all (retry duplicates come on top).
     notifications: int = 100_000
     connections: int = 64
-    #: Share of notifications posted twice.
+    #: Share of notifications (Graph: of POSTs) posted twice.
     duplicates: float = 0.05
     #: Posts per second in all, 0 = as fast as answers come.
     rate: float = 0.0
@@ -37,9 +43,20 @@ class SimulateOptions:
     processes: int = 1
     #: ``raw`` (asyncio protocol, fast) or ``httpx``.
     client: str = "raw"
+    #: EWS: shares of heartbeats and of ``MoreEvents`` bursts.
     heartbeats: float = 0.2
     bursts: float = 0.05
+    #: Graph: the secret each item carries (one of the ingress's ``SYNCNOTIFY_GRAPH_CLIENT_STATE``).
+    client_state: str | None = None
+    #: Graph: the items' ``tenantId``.
+    directory_tenant: str = DIRECTORY_TENANT
+    #: Graph: rooms that also get a lifecycle event (``missed`` and ``reauthorizationRequired`` in turn).
+    lifecycle: int = 0
+    #: Graph: most items in one POST (several rooms' changes together).
+    items_per_post: int = 10
     timeout: float = 30.0
+    #: Seconds before the first retry of a post not taken; each further retry waits twice as long (at most
+    #: 5 minutes), as Exchange and Graph back off.
     retry_delay: float = 1.0
     max_attempts: int = 5
     drain_timeout: float = 600.0

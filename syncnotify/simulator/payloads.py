@@ -11,9 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from shared.ews import MESSAGES_NS, SOAP11_NS, TYPES_NS
+from shared.ews import MESSAGES_NS, SOAP11_NS, SOAP_ACTION, TYPES_NS
 
 CONTENT_TYPE = "text/xml; charset=utf-8"
+#: The simulator's request headers, as Exchange sends them (``SOAPAction`` quoted).
+HEADERS = {
+    "Content-Type": CONTENT_TYPE,
+    "SOAPAction": f'"{SOAP_ACTION}"',
+    "User-Agent": "ExchangeServicesClient/15.20 (syncnotify simulate)",
+}
 
 CALENDAR_FOLDER_ID = "AAMkAEXAMPLECALENDARFOLDER0001AAA="
 INBOX_FOLDER_ID = "AAMkAEXAMPLEINBOXFOLDER00000001AAA="

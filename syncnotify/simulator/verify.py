@@ -1,10 +1,13 @@
-"""Did every acknowledged notification become exactly its rows, numbered 1, 2, 3 … in chain order?
+"""Did every acknowledged notification become exactly its rows, numbered 1, 2, 3 … in the order sent?
 
-``verify`` waits until the database has caught up with what the simulator had acknowledged (each
-subscription's ``last_watermark`` is the tail of its acknowledged chain) or the drain timeout passes, then
-compares the ``notifications`` rows of each subscription with the rows its plan says must exist: none lost,
-none twice, none unexpected, ``seq`` 1…n without holes, in the order of the watermark chain, no gaps counted.
-It only reads the database (plain SQLAlchemy engine, no write lock taken on SQLite).
+``verify`` waits until the database has caught up with what the simulator had acknowledged or the drain
+timeout passes: for EWS, each subscription's ``last_watermark`` is the tail of its acknowledged chain; for
+Graph (no chain to follow), it has numbered as many rows as expected and its lifecycle state is the
+expected one.  Then it compares the ``notifications`` rows of each subscription with the rows its plan says
+must exist: none lost, none twice, none unexpected, ``seq`` 1…n without holes, in the order of the
+watermark chain (Graph: the order the changes were sent), no gaps counted but Graph's ``missed`` events,
+and the subscription's state as its lifecycle events leave it.  It only reads the database (plain SQLAlchemy
+engine, no write lock taken on SQLite).
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, select
 
 from shared.schema import notifications, subscriptions
+from syncnotify.simulator.graph_rooms import Room
 from syncnotify.simulator.mailboxes import Mailbox
+from worker.graph import watermark
 
 _CHUNK = 500
 
@@ -29,8 +35,13 @@ class Expected:
     subscription_id: str
     #: Watermarks of its rows, in chain order (the order ``seq`` must follow).
     rows: tuple[str, ...]
-    #: The last watermark of its last acknowledged notification (``None``: nothing acknowledged).
+    #: The last watermark of its last acknowledged notification (``None``: nothing acknowledged, or Graph).
     tail: str | None
+    #: Gaps it must have counted at least (Graph: its ``missed`` events; one redelivered counts again); with
+    #: 0, none may be counted.
+    gaps: int = 0
+    #: The state it must be in; ``None``: not checked.
+    state: str | None = None
 
 
 @dataclass(slots=True)
@@ -46,7 +57,10 @@ class VerifyReport:
     unnumbered: int = 0
     seq_broken: int = 0
     out_of_order: int = 0
+    #: Gaps counted that were not expected (or expected ones not counted).
     gaps: int = 0
+    #: Subscriptions not in their expected state.
+    wrong_state: int = 0
     drained: bool = False
     drain_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -54,7 +68,7 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         discrepancies = (self.lost, self.duplicated, self.unexpected, self.unnumbered, self.seq_broken)
-        return self.drained and not any(discrepancies) and not self.out_of_order and not self.gaps
+        return self.drained and not any(discrepancies) and not (self.out_of_order or self.gaps or self.wrong_state)
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
@@ -62,7 +76,8 @@ class VerifyReport:
             f"verify {verdict}: {self.subscriptions} subscriptions, {self.stored_rows}/{self.expected_rows} rows; "
             f"lost {self.lost}, duplicated {self.duplicated}, unexpected {self.unexpected}, "
             f"seq null {self.unnumbered}, seq not 1..n {self.seq_broken} subscriptions, "
-            f"out of chain order {self.out_of_order} subscriptions, gaps {self.gaps}; "
+            f"out of order {self.out_of_order} subscriptions, gaps {self.gaps}, "
+            f"in the wrong state {self.wrong_state} subscriptions; "
             f"drained {'in' if self.drained else 'NOT within'} {self.drain_seconds:.1f} s"
         )
 
@@ -77,6 +92,27 @@ def expected_of(mailbox: Mailbox, acknowledged: int) -> Expected:
         rows.extend(planned.row_watermarks)
         tail = planned.last_watermark
     return Expected(mailbox.subscription_id, tuple(rows), tail)
+
+
+#: The state each lifecycle event leaves a Graph subscription in (SPEC §9).
+_LIFECYCLE_STATES = {"missed": "needs_resync", "reauthorizationRequired": "reauthorization_required"}
+
+
+def graph_expected(room: Room, acknowledged: int, tenant_id: str) -> Expected:
+    """The rows, gaps and state of ``room`` after its first ``acknowledged`` steps were answered 2xx."""
+    taken = room.steps[:acknowledged]
+    rows: list[str] = []
+    state: str | None = "active" if taken else None
+    gaps = 0
+    for step in taken:
+        if step.change is not None:
+            c = step.change
+            tag = None if c.etag is None else c.etag.removeprefix("W/").strip('"')  # the worker keys it bare
+            rows.append(watermark(tenant_id, c.subscription_id, c.change_type, c.event_id, tag))
+        elif step.lifecycle is not None:
+            state = _LIFECYCLE_STATES[step.lifecycle]
+            gaps += step.lifecycle == "missed"
+    return Expected(room.subscription_id, tuple(rows), None, gaps, state)
 
 
 def engine_for(url: str) -> Engine:
@@ -98,7 +134,7 @@ def verify(
     try:
         report = VerifyReport(subscriptions=len(expected), expected_rows=sum(len(e.rows) for e in expected))
         started = time.monotonic()
-        report.drained = _wait_for_tails(engine, tenant, expected, started + drain_timeout, progress)
+        report.drained = _wait_for_drain(engine, tenant, expected, started + drain_timeout, progress)
         report.drain_seconds = time.monotonic() - started
         _compare(engine, tenant, expected, report)
         return report
@@ -111,23 +147,41 @@ def _chunks(expected: Sequence[Expected]) -> list[list[str]]:
     return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
 
 
-def _wait_for_tails(
+def _caught_up(item: Expected, row: Any) -> bool:
+    """Whether the subscription ``row`` (``None``: not in the table) holds what ``item`` waits for."""
+    if row is None:
+        return False
+    if item.tail is not None:
+        return bool(row.last_watermark == item.tail)
+    state_ok = item.state is None or row.state == item.state
+    return bool(row.last_seq >= len(item.rows) and row.gap_count >= item.gaps and state_ok)
+
+
+def _wait_for_drain(
     engine: Engine,
     tenant: str,
     expected: Sequence[Expected],
     deadline: float,
     progress: Callable[[str], None] | None,
 ) -> bool:
-    want = {e.subscription_id: e.tail for e in expected if e.tail is not None}
+    want = [e for e in expected if e.tail is not None or e.rows or e.state is not None]
     last_report = time.monotonic()
+    columns = (
+        subscriptions.c.subscription_id,
+        subscriptions.c.last_watermark,
+        subscriptions.c.last_seq,
+        subscriptions.c.gap_count,
+        subscriptions.c.state,
+    )
     while True:
-        done = 0
+        found: dict[str, Any] = {}
         with engine.connect() as conn:
-            for ids in _chunks(expected):
-                query = select(subscriptions.c.subscription_id, subscriptions.c.last_watermark).where(
+            for ids in _chunks(want):
+                query = select(*columns).where(
                     subscriptions.c.tenant == tenant, subscriptions.c.subscription_id.in_(ids)
                 )
-                done += sum(1 for row in conn.execute(query) if want.get(row.subscription_id) == row.last_watermark)
+                found.update({row.subscription_id: row for row in conn.execute(query)})
+        done = sum(1 for e in want if _caught_up(e, found.get(e.subscription_id)))
         if done == len(want):
             return True
         now = time.monotonic()
@@ -141,7 +195,7 @@ def _wait_for_tails(
 
 def _compare(engine: Engine, tenant: str, expected: Sequence[Expected], report: VerifyReport) -> None:
     stored: dict[str, list[tuple[int | None, str]]] = defaultdict(list)
-    gaps: dict[str, int] = {}
+    states: dict[str, tuple[int, str]] = {}
     with engine.connect() as conn:
         for ids in _chunks(expected):
             rows = conn.execute(
@@ -151,17 +205,23 @@ def _compare(engine: Engine, tenant: str, expected: Sequence[Expected], report: 
             )
             for row in rows:
                 stored[row.subscription_id].append((row.seq, row.watermark))
-            states = conn.execute(
-                select(subscriptions.c.subscription_id, subscriptions.c.gap_count).where(
+            found = conn.execute(
+                select(subscriptions.c.subscription_id, subscriptions.c.gap_count, subscriptions.c.state).where(
                     subscriptions.c.tenant == tenant, subscriptions.c.subscription_id.in_(ids)
                 )
             )
-            gaps.update({row.subscription_id: row.gap_count for row in states})
+            states.update({row.subscription_id: (row.gap_count, row.state) for row in found})
     for item in expected:
-        _compare_one(item, stored.get(item.subscription_id, []), gaps.get(item.subscription_id, 0), report)
+        gaps, state = states.get(item.subscription_id, (0, None))
+        wrong_gaps = gaps if not item.gaps else max(0, item.gaps - gaps)
+        _compare_one(item, stored.get(item.subscription_id, []), wrong_gaps, report)
+        if item.state is not None and state != item.state:
+            report.wrong_state += 1
+            _note(report, f"{item.subscription_id[:24]}…: state {state!r}, expected {item.state!r}")
 
 
 def _compare_one(item: Expected, rows: list[tuple[int | None, str]], gaps: int, report: VerifyReport) -> None:
+    """``gaps``: those counted but not expected, or expected but not counted."""
     sid = item.subscription_id
     report.stored_rows += len(rows)
     report.gaps += gaps
@@ -183,7 +243,7 @@ def _compare_one(item: Expected, rows: list[tuple[int | None, str]], gaps: int, 
         _note(report, f"{sid[:24]}…: seq {[s for s, _ in numbered][:12]} is not 1..{len(numbered)}")
     elif not lost and not unexpected and tuple(mark for _, mark in numbered) != item.rows:
         report.out_of_order += 1
-        _note(report, f"{sid[:24]}…: rows numbered out of watermark-chain order")
+        _note(report, f"{sid[:24]}…: rows numbered out of the order sent")
     if lost:
         _note(report, f"{sid[:24]}…: {len(lost)} of {len(item.rows)} rows lost, first {lost[0]}")
     if duplicated or unexpected or unnumbered or gaps:
