@@ -50,6 +50,8 @@ SUBSCRIPTION_STATES = (
     # Graph only (SPEC §9–§10): a lifecycle event asked for reauthorization / Graph removed the subscription
     "reauthorization_required",
     "removed",
+    # Graph subscriptions syncnotify keeps alive (SPEC §10): the last renewal failed (why: renewal_error)
+    "renewal_failed",
 )
 
 #: Where a row came from: an EWS push notification, or a Microsoft Graph change notification (SPEC §9).
@@ -134,6 +136,11 @@ subscriptions = Table(
     Column("mailbox", Text, nullable=True),
     Column("resource", Text, nullable=True),
     Column("directory_tenant_id", Text, nullable=True),
+    # Graph subscriptions syncnotify created (SPEC §10): the upkeep's record
+    Column("renewed_at", UTCDateTime, nullable=True),  # when Graph last granted a lifetime
+    Column("renewal_attempted_at", UTCDateTime, nullable=True),
+    Column("renewal_error", Text, nullable=True),  # why the last attempt failed; null after a success
+    Column("renewal_failures", Integer, nullable=False, server_default="0"),  # failed attempts in a row
     CheckConstraint(_one_of("state", SUBSCRIPTION_STATES), name="state"),
     CheckConstraint(_one_of("source", SOURCES), name="source"),
 )

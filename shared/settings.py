@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.graph import DEFAULT_JWKS_URL
+from shared.graph_tenants import (
+    DEFAULT_API_URL,
+    DEFAULT_AUTHORITY_URL,
+    DEFAULT_SUBSCRIPTION_MINUTES,
+    MAX_SUBSCRIPTION_MINUTES,
+    GraphTenant,
+    load_tenants_file,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,6 +90,24 @@ class Settings(BaseSettings):
     #: ``ID=PATH`` pairs: the private key (PEM) that decrypts rich items naming ``encryptionCertificateId`` ID.
     graph_decryption_keys: Annotated[dict[str, Path], NoDecode] = {}
 
+    # Graph subscriptions syncnotify creates and keeps alive (SPEC §10); per ROOMS tenant in the tenants file
+    #: The Microsoft 365 (Entra) tenant id of the rooms.
+    graph_directory_tenant_id: str | None = None
+    #: The app registration's client secret, or …
+    graph_client_secret: SecretStr | None = None
+    #: … the path of a PEM holding its private key and certificate.
+    graph_client_certificate: Path | None = None
+    #: The public base URL Graph posts to (``https://rooms.example.com``).
+    public_url: str | None = None
+    graph_api_url: str = DEFAULT_API_URL
+    graph_authority_url: str = DEFAULT_AUTHORITY_URL
+    #: The lifetime asked for; Graph may grant less.
+    graph_subscription_minutes: int = Field(default=DEFAULT_SUBSCRIPTION_MINUTES, ge=1, le=MAX_SUBSCRIPTION_MINUTES)
+    #: TOML file with one table per ROOMS tenant overriding the Graph settings above (SPEC §10).
+    graph_tenants_file: Path | None = None
+    #: How often a worker looks for Graph subscriptions due for renewal.
+    graph_upkeep_seconds: float = Field(default=30.0, gt=0, le=3600)
+
     @field_validator(
         "tenants",
         "allowed_networks",
@@ -129,20 +156,45 @@ class Settings(BaseSettings):
     def database(self) -> str:
         return self.database_url.get_secret_value()
 
-    def graph_client_states(self, tenant: str) -> tuple[bytes, ...]:  # noqa: ARG002 - per tenant with SPEC §10's file
+    def graph_client_states(self, tenant: str) -> tuple[bytes, ...]:
         """The clientState values Graph items of ``tenant`` may carry (none: Graph is off for it)."""
-        return self._graph_client_states
+        return self.graph_tenant(tenant).client_states
+
+    def graph_tenant(self, tenant: str) -> GraphTenant:
+        """``tenant``'s Graph configuration: its table in the tenants file, else the environment's."""
+        named = self.graph_tenants
+        found = named.get(tenant) or next((t for n, t in named.items() if n.casefold() == tenant.casefold()), None)
+        return found or replace(self._graph_default, tenant=tenant)
 
     @cached_property
-    def _graph_client_states(self) -> tuple[bytes, ...]:
-        return tuple(s.get_secret_value().encode() for s in self.graph_client_state if s.get_secret_value())
+    def graph_tenants(self) -> dict[str, GraphTenant]:
+        """The tenants the tenants file names (read once)."""
+        if self.graph_tenants_file is None:
+            return {}
+        return load_tenants_file(self.graph_tenants_file, self._graph_default)
+
+    @cached_property
+    def _graph_default(self) -> GraphTenant:
+        return GraphTenant(
+            tenant="",
+            directory_tenant_id=self.graph_directory_tenant_id,
+            client_id=self.graph_client_id,
+            client_secret=self.graph_client_secret,
+            client_certificate=self.graph_client_certificate,
+            client_state=tuple(self.graph_client_state),
+            public_url=self.public_url,
+            api_url=self.graph_api_url,
+            authority_url=self.graph_authority_url,
+            subscription_minutes=self.graph_subscription_minutes,
+        )
 
     @property
     def graph_audiences(self) -> list[str]:
         """The app ids a validation token may be issued to."""
         ids = list(self.graph_app_ids)
-        if self.graph_client_id and self.graph_client_id not in ids:
-            ids.append(self.graph_client_id)
+        for client_id in [self.graph_client_id, *(t.client_id for t in self.graph_tenants.values())]:
+            if client_id and client_id not in ids:
+                ids.append(client_id)
         return ids
 
 
@@ -159,7 +211,9 @@ def redact_url(url: str) -> str:
 def load_settings() -> Settings:
     """Read the settings now; a bad value raises ``ConfigError`` naming the variable and the value."""
     try:
-        return Settings()
+        settings = Settings()
+        settings.graph_tenants  # noqa: B018 - read the tenants file now, so a bad one stops the start
+        return settings
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"

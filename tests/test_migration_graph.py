@@ -173,6 +173,10 @@ def old_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engin
         drop_pg_database(request.getfixturevalue("pg_admin"), url)
 
 
+#: The newest revision; 0005 (the renewal's record) follows 0004 (Graph).
+HEAD = "0005"
+
+
 def _downgrade(engine: Engine, revision: str) -> None:
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
@@ -217,8 +221,8 @@ def _check_names(engine: Engine, table: str) -> set[str]:
         return {str(check["name"]) for check in inspect(conn).get_check_constraints(table)}
 
 
-def test_head_is_0004() -> None:
-    assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == "0004"
+def test_head_is_0005() -> None:
+    assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == HEAD
 
 
 def test_old_rows_are_kept_exactly_and_become_ews(old_engine: Engine) -> None:
@@ -228,7 +232,7 @@ def test_old_rows_are_kept_exactly_and_become_ews(old_engine: Engine) -> None:
 
     upgrade(old_engine)
 
-    assert _current_revision(old_engine) == "0004"
+    assert _current_revision(old_engine) == HEAD
     assert _old_notifications(old_engine) == before
     assert _old_subscriptions(old_engine) == _sorted_subscriptions(OLD_SUBSCRIPTIONS)
     new_notification_values = _rows(old_engine, notifications, NEW_NOTIFICATION_COLUMNS)
@@ -345,7 +349,7 @@ def test_downgrade_restores_0003_and_upgrading_again_works(old_engine: Engine) -
     assert _old_subscriptions(old_engine) == _sorted_subscriptions(OLD_SUBSCRIPTIONS)
 
     upgrade(old_engine)
-    assert _current_revision(old_engine) == "0004"
+    assert _current_revision(old_engine) == HEAD
     assert _old_notifications(old_engine) == before
 
 
@@ -356,9 +360,45 @@ def test_downgrade_is_refused_while_graph_rows_exist(old_engine: Engine) -> None
             subscriptions.insert(),
             [{"tenant": "Default", "subscription_id": "graph-1", "state": "removed", "source": "graph"}],
         )
+    _downgrade(old_engine, "0004")
     with pytest.raises(RuntimeError, match="Graph row"):
         _downgrade(old_engine, BEFORE)
     assert _current_revision(old_engine) == "0004"
     assert {
         row["subscription_id"]: row["source"] for row in _rows(old_engine, subscriptions, ["subscription_id", "source"])
     }["graph-1"] == "graph"
+
+
+def test_0005_keeps_the_renewal_record_and_downgrades_renewal_failed_to_active(old_engine: Engine) -> None:
+    """0005 (SPEC §10): the upkeep's columns and the state ``renewal_failed``; down again, that state is ``active``."""
+    upgrade(old_engine)
+    record = {
+        "tenant": "Default",
+        "subscription_id": "graph-kept",
+        "state": "renewal_failed",
+        "source": "graph",
+        "mailbox": "room1@example.com",
+        "renewed_at": T0,
+        "renewal_attempted_at": T0 + timedelta(hours=1),
+        "renewal_error": "the client secret is wrong",
+        "renewal_failures": 3,
+    }
+    with old_engine.begin() as conn:
+        conn.execute(subscriptions.insert(), [record])
+    assert [r for r in _rows(old_engine, subscriptions, [*record]) if r["source"] == "graph"] == [record]
+    fresh = _rows(old_engine, subscriptions, ["subscription_id", "renewal_failures", "renewal_error"])
+    assert {r["subscription_id"]: r["renewal_failures"] for r in fresh if r["subscription_id"] != "graph-kept"} == {
+        row["subscription_id"]: 0 for row in OLD_SUBSCRIPTIONS
+    }
+
+    _downgrade(old_engine, "0004")
+    assert _current_revision(old_engine) == "0004"
+    with old_engine.connect() as conn:
+        columns = {column["name"] for column in inspect(conn).get_columns("subscriptions")}
+        state = conn.execute(
+            select(subscriptions.c.state).where(subscriptions.c.subscription_id == "graph-kept")
+        ).scalar_one()
+    assert state == "active"
+    assert not columns & {"renewed_at", "renewal_attempted_at", "renewal_error", "renewal_failures"}
+    upgrade(old_engine)
+    assert _current_revision(old_engine) == HEAD
