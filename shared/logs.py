@@ -42,6 +42,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
             },
             "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": fmt}},
             "root": {"handlers": ["stderr"], "level": level},
-            "loggers": {"rq.worker": {"level": "WARNING" if level == "INFO" else level}},
+            # RQ logs three lines a job, httpx one a request (the Graph upkeep's renewals say what they did)
+            "loggers": {name: {"level": "WARNING" if level == "INFO" else level} for name in ("rq.worker", "httpx")},
         }
     )
