@@ -27,7 +27,7 @@ from shared.schema import make_engine
 from shared.settings import get_settings, redact_url
 from shared.types import InFlight, Payload, SubscriptionKey
 from worker import metrics
-from worker.deadletter import dead_letter, graph_item_payload, log_fields
+from worker.deadletter import dead_letter, graph_item_payload, log_fields, release_marks
 from worker.decrypt import load_keys
 from worker.graph import parse_graph
 from worker.graph_types import BadItem, GraphPayload
@@ -148,7 +148,7 @@ def _parse_and_store(redis: Redis, parts: Sequence[JobPayloads]) -> BatchOutcome
     outcome.bad_items = [entry for entry in items if entry[1]["id"] not in bad_ids]
     job_ids = [job.id for job, _ in parts if job is not None]
     stored = [p for _, payloads in parts for p in payloads if p["id"] not in bad_ids]
-    _release(redis, stored)
+    release_marks(redis, stored)
     _observe(outcome.result, stored)
     logger.info(
         "stored %d rows from %d payloads of %d job(s) (%d duplicates, %d gaps)",
@@ -196,7 +196,7 @@ def _isolating_bad(
 def _classified(deliveries: Sequence[Delivery], in_flight_of: InFlightOf) -> StoreResult:
     """``store`` with database errors sorted into transient (retry the job) and permanent (this data)."""
     try:
-        return store(engine(), deliveries, in_flight_of, get_settings().gap_timeout_seconds)
+        return store(engine(), deliveries, in_flight_of)
     except (DataError, IntegrityError) as exc:
         raise PermanentError(f"the database refused a value: {_first_line(exc)}", "bad_value") from exc
     except (OperationalError, InterfaceError) as exc:
@@ -221,13 +221,3 @@ def in_flight_of(redis: Redis, keys: Sequence[SubscriptionKey]) -> InFlight:
         return inflight.read(redis, keys)
     except RedisError as exc:
         raise TransientError(f"Redis unavailable while reading in-flight payloads: {exc}") from exc
-
-
-def _release(redis: Redis, payloads: Sequence[Payload]) -> None:
-    """Drop the in-flight marks of stored payloads; a failure here only delays a new chain's head."""
-    try:
-        with redis.pipeline(transaction=False) as pipe:
-            inflight.release(pipe, payloads)
-            pipe.execute()
-    except RedisError as exc:
-        logger.warning("could not release in-flight marks: %s", exc)

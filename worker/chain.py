@@ -337,7 +337,7 @@ def advance(
     """
     waiting = _waiting(conn, chain)  # in receive order
     if chain.source == "graph":
-        return _advance_graph(conn, chain, waiting, in_flight, batch)
+        return _advance_graph(conn, chain, waiting, in_flight, batch, force_after, result)
     fits = _Fits(waiting)
     linked: list[Link] = []
     while fits.left:
@@ -365,17 +365,27 @@ def advance(
 
 
 def _advance_graph(
-    conn: Connection, chain: Chain, waiting: Sequence[Link], in_flight: Sequence[tuple[str, float]], batch: set[str]
+    conn: Connection,
+    chain: Chain,
+    waiting: Sequence[Link],
+    in_flight: Sequence[tuple[str, float]],
+    batch: set[str],
+    force_after: datetime | None,
+    result: StoreResult,
 ) -> None:
     """Graph gives no chain: links go in receive order, each once no payload received before it is in flight.
 
-    ``in_flight`` holds only payloads young enough to wait for (``worker.store`` leaves out those older than
-    the gap timeout: being retried, or dead-lettered), so nothing waits longer than that.
+    However long the queue (a backlog older than the gap timeout keeps its order); only a link that has
+    waited in the database since before ``force_after`` goes on without the payload it waits for — a gap, as
+    for EWS: that POST may come later, out of its place (being retried), or never (its marks are released when
+    it is dead-lettered, so a dead letter holds no room up).
     """
     linked: list[Link] = []
     for head in waiting:
         if _head_blocked(conn, chain, head, in_flight, batch):
-            break
+            if force_after is None or head.waiting_since > force_after:
+                break
+            _record_gap(chain, head, result, "a Graph POST received before it is still not stored")
         linked.append(head)
     _link_all(conn, chain, linked)
 

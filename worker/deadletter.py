@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.job import Job
 
+from shared import inflight
 from shared.errors import PermanentError, SyncNotifyError
 from shared.settings import get_settings
 from shared.store_job import dead_letter as write_dead_letter
@@ -26,6 +29,7 @@ def dead_letter(
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
     retention = job.failure_ttl if job is not None and job.failure_ttl else get_settings().dlq_retention_days * 86400
     entry = write_dead_letter(redis, payload, error_class, str(error), attempts, retention, entry_id)
+    release_marks(redis, [payload])
     metrics.DEAD_LETTERED.labels(error_class).inc()
     metrics.PAYLOADS.labels("dead_lettered").inc()
     logger.warning(
@@ -36,6 +40,16 @@ def dead_letter(
         error,
         extra=log_fields(payload, job),
     )
+
+
+def release_marks(redis: Redis, payloads: Sequence[Payload]) -> None:
+    """Drop the in-flight marks of payloads that are stored or dead-lettered: nothing is to wait for them."""
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            inflight.release(pipe, payloads)
+            pipe.execute()
+    except RedisError as exc:  # only delays the rooms' next rows, until the sweeper's gap timeout
+        logger.warning("could not release in-flight marks: %s", exc)
 
 
 def graph_item_payload(payload: Payload, index: int, subscription_id: str | None, item: Any, tokens: Any) -> Payload:

@@ -17,7 +17,7 @@ from shared.queues import MAX_ABANDONS
 from shared.settings import get_settings
 from shared.types import Payload
 from worker import batch, metrics
-from worker.deadletter import dead_letter
+from worker.deadletter import dead_letter, release_marks
 from worker.recovery import drop_dead_executions
 
 
@@ -51,7 +51,7 @@ def store_payloads(payloads: list[Payload]) -> dict[str, int]:
 
 def on_failure(
     job: Job,
-    connection: Redis,  # noqa: ARG001 - RQ's callback signature
+    connection: Redis,
     exc_type: type[BaseException],
     exc: BaseException,
     tb: TracebackType | None,  # noqa: ARG001
@@ -75,5 +75,7 @@ def on_failure(
     job.meta.update(error_class=error_class, error=str(exc), attempts=int(job.meta.get("attempts", 0)) + 1)
     job.save_meta()  # type: ignore[no-untyped-call]
     if not job.should_retry:
+        if job.args:
+            release_marks(connection, job.args[0])  # the rooms' later POSTs need not wait for it
         metrics.DEAD_LETTERED.labels(error_class).inc()
         metrics.PAYLOADS.labels("dead_lettered").inc(len(job.args[0]) if job.args else 1)

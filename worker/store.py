@@ -76,13 +76,12 @@ def store(
     engine: Engine,
     deliveries: Sequence[Delivery],
     in_flight_of: InFlightOf | None = None,
-    gap_timeout: float = 60.0,
 ) -> StoreResult:
     """Store ``deliveries`` in one transaction; raises SQLAlchemy errors unchanged (the job classifies them).
 
     ``in_flight_of`` is asked only about subscriptions with links left waiting (see ``InFlight``), and
     about Graph subscriptions (whose every link waits for what was received before it): for EWS in the
-    steady state, none.  Graph waits for an earlier payload at most ``gap_timeout`` seconds.
+    steady state, none.  A link waits in the database until the sweeper's gap timeout (``sweep``).
     """
     now = datetime.now(UTC)
     by_key: dict[SubscriptionKey, list[tuple[Delivery, int, Notification]]] = defaultdict(list)
@@ -116,7 +115,7 @@ def store(
     with engine.begin() as conn:
         chains = _lock(conn, keys, set(graph_keys))
         graph_waiting = set(keys_waiting(conn, sorted(graph.news)))
-        in_flight = _young(in_flight_of(sorted(graph.news)) if (in_flight_of and graph.news) else {}, now, gap_timeout)
+        in_flight = in_flight_of(sorted(graph.news)) if (in_flight_of and graph.news) else {}
         news = [_incoming(key, d, n, now) for key in keys for d, _, n in by_key.get(key, [])]
         news += [new for key in keys for new in graph.news.get(key, [])]
         ready = _graph_ready(graph_waiting, in_flight, batch_payloads)
@@ -125,10 +124,8 @@ def store(
         unread = [key for key in waiting if key not in in_flight and key not in graph.news]
         if in_flight_of and unread:
             in_flight = {**in_flight, **in_flight_of(unread)}
-        young = _young(in_flight, now, gap_timeout)
         for key in waiting:
-            marks = young if chains[key].source == "graph" else in_flight
-            advance(conn, chains[key], result, marks.get(key, ()), batch_payloads)
+            advance(conn, chains[key], result, in_flight.get(key, ()), batch_payloads)
         for key in graph_keys:
             _apply_lifecycle(chains[key], graph.lifecycle.get(key, []), graph.expires.get(key), result)
         for key in keys:
@@ -150,13 +147,6 @@ def store(
 
 #: How fast the remembered heartbeat interval forgets a long silence, per notification.
 HEARTBEAT_DECAY = 0.95
-
-
-def _young(in_flight: InFlight, now: datetime, gap_timeout: float) -> InFlight:
-    """``in_flight`` without payloads received more than ``gap_timeout`` ago: a Graph link waits for no older one."""
-    oldest = now.timestamp() - gap_timeout
-    young = {key: [(pid, score) for pid, score in marks if score >= oldest] for key, marks in in_flight.items()}
-    return {key: marks for key, marks in young.items() if marks}
 
 
 def _graph_ready(waiting: set[SubscriptionKey], in_flight: InFlight, batch: set[str]) -> Callable[[Incoming], bool]:
@@ -411,17 +401,11 @@ def sweep(engine: Engine, gap_timeout: float, in_flight_of: InFlightOf | None = 
             }
         )
     in_flight: InFlight = in_flight_of(keys) if (in_flight_of and keys) else {}
-    young = _young(in_flight, now, gap_timeout)
     total = StoreResult()
     for key in keys:
         result = StoreResult()
         with engine.begin() as conn:
             chain = _lock(conn, [key])[key]
-            if chain.source == "graph":
-                advance(conn, chain, result, young.get(key, ()), set())
-                _save(conn, [chain])
-                total.add(result)
-                continue
             advance(conn, chain, result, in_flight.get(key, ()), set(), force_after=force_after)
             _save(conn, [chain])
         total.add(result)
