@@ -1,8 +1,10 @@
 """Closed-loop HTTP load at a fixed number of connections: ``wrk`` where installed, else our own generator.
 
 Every request carries a distinct real-format notification body (one subscription, a new watermark and item
-id each time), so a receiver that stores rows stores one per request.  ``measure`` returns requests/s and
-latency percentiles as measured by the generator that ran, and names it.
+id each time), so a receiver that stores rows stores one per request.  The body has a *shape*: ``ews`` (a
+SOAP notification of one event) or ``graph`` (a Graph POST of 1, 2 or 3 changes in turn, with the headers
+Graph sends).  ``measure`` returns requests/s and latency percentiles as measured by the generator that ran,
+and names it.
 """
 
 from __future__ import annotations
@@ -14,28 +16,68 @@ import shutil
 import subprocess
 import time
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import graph
 from shared.ews import SOAP_ACTION
 from syncnotify.simulator.client import HTTPError, Target, connect, new_event_loop
+from syncnotify.simulator.graph_payloads import Change
+from syncnotify.simulator.graph_payloads import notification_body as graph_body
 from syncnotify.simulator.payloads import CONTENT_TYPE, Event, notification_body
 
 #: The one subscription all load requests belong to (its in-flight set on Redis counts stored payloads).
 LOAD_SUBSCRIPTION = "QkVOQ0gtTE9BRDo6bWJ4LXJvb20tbG9hZEBiZW5jaC5pbnZhbGlk"
+#: The same for the Graph load (a Graph subscription id is a GUID).
+GRAPH_LOAD_SUBSCRIPTION = "6c0e2f4a-8b1d-4c3e-9f5a-b3d7e9f1a2c4"
 _MARK = "@@COUNTER@@"
 _WATERMARK_PREFIX = "AQAAAEJFTkNITE9BREdVSUQx"  # 24 base64 characters; 16 digits follow (40 in all)
+_EWS_HEADERS = {
+    "Content-Type": CONTENT_TYPE,
+    "SOAPAction": f'"{SOAP_ACTION}"',
+    "User-Agent": "ExchangeServicesClient/15.20 (syncnotify simulate)",
+}
 
 
-def body_parts() -> list[str]:
+def ews_templates() -> list[list[str]]:
     """A real-format body split where the per-request counter goes (watermark, previous watermark, item id)."""
     event = Event("Created", _WATERMARK_PREFIX + _MARK, "2026-03-02T08:15:01Z", item_id="AAMkAEBENCHITEM" + _MARK)
     body = notification_body(LOAD_SUBSCRIPTION, _WATERMARK_PREFIX + "0" * 16, [event]).decode()
-    return body.split(_MARK)
+    return [body.split(_MARK)]
 
 
-def body(counter: int) -> bytes:
-    return f"{counter:016d}".join(body_parts()).encode()
+def graph_templates() -> list[list[str]]:
+    """Graph POSTs of 1, 2 and 3 changes of one room's events, split where the counter goes (ids and etags)."""
+    kinds = ("created", "updated", "updated")
+    templates = []
+    for size in (1, 2, 3):
+        changes = [
+            Change(
+                GRAPH_LOAD_SUBSCRIPTION,
+                "bench-room-load@bench.invalid",
+                kinds[k],
+                f"AAMkADBENCHLOAD{_MARK}x{k}",
+                f'W/"QkVOQ0gtTE9BRA{_MARK}x{k}"',
+            )
+            for k in range(size)
+        ]
+        templates.append(graph_body(graph.items(changes)).decode().split(_MARK))
+    return templates
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What each request posts: request ``n`` fills template ``n mod len(templates)`` with its counter."""
+
+    templates: list[list[str]]
+    headers: Mapping[str, str]
+
+    def body(self, counter: int) -> bytes:
+        return f"{counter:016d}".join(self.templates[counter % len(self.templates)]).encode()
+
+
+SHAPES = {"ews": Shape(ews_templates(), _EWS_HEADERS), "graph": Shape(graph_templates(), graph.HEADERS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,22 +106,28 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def measure(url: str, connections: int, seconds: float, work: Path, generator: str = "auto") -> LoadResult:
-    """Load ``url`` for ``seconds`` with ``connections`` (``generator``: ``auto``, ``wrk``, ``raw``, ``httpx``)."""
+def measure(
+    url: str, connections: int, seconds: float, work: Path, generator: str = "auto", shape: str = "ews"
+) -> LoadResult:
+    """Load ``url`` for ``seconds`` with ``connections`` (``generator``: ``auto``, ``wrk``, ``raw``, ``httpx``),
+    posting bodies of ``shape`` (``ews`` or ``graph``; ``httpx`` posts only ``ews``)."""
     if generator == "auto":
         generator = "wrk" if wrk_available() else "raw"
     if generator == "wrk":
-        return _wrk(url, connections, seconds, work)
-    return own_generator(url, connections, seconds, generator)
+        return _wrk(url, connections, seconds, work, SHAPES[shape])
+    if generator == "httpx" and shape != "ews":
+        raise ValueError("the httpx generator posts SOAP notifications only")
+    return own_generator(url, connections, seconds, generator, shape=shape)
 
 
-def _lua(parts: list[str]) -> str:
-    quoted = ", ".join(json.dumps(p) for p in parts)  # JSON strings are valid Lua strings here (ASCII only)
+def _lua(shape: Shape) -> str:
+    # JSON strings are valid Lua strings here (ASCII only)
+    templates = ", ".join("{" + ", ".join(json.dumps(p) for p in parts) + "}" for parts in shape.templates)
+    headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in shape.headers.items())
     return f"""-- generated by bench/load.py: a distinct body per request
-parts = {{{quoted}}}
+templates = {{{templates}}}
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "{CONTENT_TYPE}"
-wrk.headers["SOAPAction"] = '"{SOAP_ACTION}"'
+{headers}
 threads = 0
 function setup(thread)
   thread:set("offset", threads * 1000000000)
@@ -91,8 +139,8 @@ function init(args)
 end
 function request()
   counter = counter + 1
-  local n = string.format("%016d", offset + counter)
-  return wrk.format(nil, nil, nil, table.concat(parts, n))
+  local n = offset + counter
+  return wrk.format(nil, nil, nil, table.concat(templates[n % #templates + 1], string.format("%016d", n)))
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -105,9 +153,9 @@ end
 """
 
 
-def _wrk(url: str, connections: int, seconds: float, work: Path) -> LoadResult:
+def _wrk(url: str, connections: int, seconds: float, work: Path, shape: Shape) -> LoadResult:
     script = work / "load.lua"
-    script.write_text(_lua(body_parts()))
+    script.write_text(_lua(shape))
     threads = min(2, connections)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(script)]
     done = subprocess.run(command + [url], capture_output=True, text=True, timeout=seconds + 60)
@@ -126,11 +174,18 @@ def _wrk(url: str, connections: int, seconds: float, work: Path) -> LoadResult:
     )
 
 
+def target(url: str, shape: Shape) -> Target:
+    """The raw client's target, its request head written with ``shape``'s headers."""
+    found = Target(url)
+    head = "".join(f"{name}: {value}\r\n" for name, value in shape.headers.items())
+    found.head = f"POST {found.path} HTTP/1.1\r\nHost: {found.host}:{found.port}\r\n{head}Content-Length: ".encode()
+    return found
+
+
 async def _closed_loop(
-    url: str, connections: int, seconds: float, client: str, offset: int
+    url: str, connections: int, seconds: float, client: str, offset: int, shape: Shape
 ) -> tuple[int, int, float, bytes]:
-    target = Target(url)
-    parts = body_parts()
+    where = target(url, shape)
     latencies = array("d")
     errors = 0
     counter = offset
@@ -138,11 +193,11 @@ async def _closed_loop(
 
     async def one() -> None:
         nonlocal errors, counter
-        conn = connect(client, target, 10.0)
+        conn = connect(client, where, 10.0)
         try:
             while time.perf_counter() < deadline:
                 counter += 1
-                payload = f"{counter:016d}".join(parts).encode()
+                payload = shape.body(counter)
                 started = time.perf_counter()
                 try:
                     status, _ = await conn.post(payload)
@@ -159,19 +214,23 @@ async def _closed_loop(
     return len(latencies) + errors, errors, time.perf_counter() - started, latencies.tobytes()
 
 
-def _part(url: str, connections: int, seconds: float, client: str, offset: int) -> tuple[int, int, float, bytes]:
+def _part(
+    url: str, connections: int, seconds: float, client: str, offset: int, shape: str
+) -> tuple[int, int, float, bytes]:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_closed_loop(url, connections, seconds, client, offset))
+        return runner.run(_closed_loop(url, connections, seconds, client, offset, SHAPES[shape]))
 
 
-def own_generator(url: str, connections: int, seconds: float, client: str = "raw", processes: int = 2) -> LoadResult:
+def own_generator(
+    url: str, connections: int, seconds: float, client: str = "raw", processes: int = 2, shape: str = "ews"
+) -> LoadResult:
     """Our closed-loop generator: ``connections`` split over ``processes`` spawned processes."""
     from syncnotify.simulator.options import percentile
 
     processes = max(1, min(processes, connections))
     shares = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        results = pool.starmap(_part, [(url, n, seconds, client, i * 10**9) for i, n in enumerate(shares)])
+        results = pool.starmap(_part, [(url, n, seconds, client, i * 10**9, shape) for i, n in enumerate(shares)])
     latencies = array("d")
     for *_, raw in results:
         latencies.frombytes(raw)

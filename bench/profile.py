@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from bench import load, services
-from bench.workers import _drained, _push, workload
+from bench.workers import _push, drained, workload
 from shared.queues import STORE_JOB
 from syncnotify.redis_server import free_port
 from syncnotify.simulator.mailboxes import Mix
@@ -134,7 +134,7 @@ def profile_worker(work: Path, database: str, notifications: int, job_size: int)
                     if spy is not None:
                         spy.wait(60)
                 seconds = time.perf_counter() - started
-                if not _drained(client):
+                if not drained(client):
                     raise RuntimeError(f"the worker did not drain the queue (see {work})")
                 per = seconds / len(load_.payloads) * 1e6
                 out.append(f"=== {how}: {seconds:.1f} s wall for the burst ({per:,.0f} µs per notification)")

@@ -25,14 +25,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from bench import load, services
+from bench import graph, load, services
 from bench.report import Figure, machine, markdown_section, number, ratio, text_table, write_section
-from bench.workers import DrainResult, drain, workload
+from bench.workers import DrainResult, Workload, drain, graph_workload, workload
 from syncnotify.redis_server import EmbeddedRedis, free_port
 from syncnotify.simulator.fleet import simulate
 from syncnotify.simulator.mailboxes import Mix
@@ -64,6 +65,9 @@ class Config:
     soak_db: str
     generator: str
     seed: int
+    #: Graph POSTs per second beside the soak's EWS posts.
+    soak_graph_rate: float = 400
+    soak_drain_timeout: float = 900
 
 
 FULL = Config("full", 15, 5, 2000, 15, 256, 20_000, 2000, 20, 100_000, 2000, CONNECTIONS, "postgresql", "auto", 5)
@@ -96,15 +100,17 @@ class Run:
     notes: list[str]
 
     def env(self, database: str) -> dict[str, str]:
-        return services.service_env(self.redis.url, database, self.work / "spool")
+        return services.service_env(
+            self.redis.url, database, self.work / "spool", SYNCNOTIFY_GRAPH_CLIENT_STATE=graph.CLIENT_STATE
+        )
 
     @contextmanager
     def serve(self, name: str, command: Sequence[str], database: str) -> Iterator[tuple[str, int]]:
-        """A receiver on a free port; yields its notification URL and pid."""
+        """A receiver on a free port; yields its base URL (``http://host:port``) and pid."""
         port = free_port()
         with services.running([*command, "--port", str(port)], self.env(database), self.work / f"{name}.log") as p:
             services.wait_http(f"http://127.0.0.1:{port}/healthz", p)
-            yield f"http://127.0.0.1:{port}{PATH}", p.pid
+            yield f"http://127.0.0.1:{port}", p.pid
 
 
 def steady(url: str, config: Config, seed: int) -> SimulationReport:
@@ -127,7 +133,8 @@ def ingress_section(run: Run) -> None:
     generator = cfg.generator if cfg.generator != "auto" else ("wrk" if load.wrk_available() else "raw")
     python = [sys.executable, "-m", "bench.baselines"]
     _say(f"ingress: bare route ({generator}, {CONNECTIONS} connections, {cfg.load_seconds:.0f} s)")
-    with run.serve("bare", [*python, "bare", "--host", "127.0.0.1"], run.sqlite) as (url, _):
+    with run.serve("bare", [*python, "bare", "--host", "127.0.0.1"], run.sqlite) as (base, _):
+        url = base + PATH
         bare = load.measure(url, CONNECTIONS, cfg.load_seconds, run.work, generator)
         compared = []
         for kind in ("wrk", "raw", "httpx"):
@@ -139,18 +146,24 @@ def ingress_section(run: Run) -> None:
         bare_steady = steady(url, cfg, cfg.seed)
     services.empty_tables(run.postgres)
     _say("ingress: naive receiver (parse + insert into PostgreSQL in the request)")
-    with run.serve("naive", [*python, "naive", "--host", "127.0.0.1"], run.postgres) as (url, _):
-        naive = load.measure(url, CONNECTIONS, cfg.load_seconds, run.work, generator)
+    with run.serve("naive", [*python, "naive", "--host", "127.0.0.1"], run.postgres) as (base, _):
+        naive = load.measure(base + PATH, CONNECTIONS, cfg.load_seconds, run.work, generator)
     naive_rows = _row_count(run.postgres)
     services.empty_tables(run.postgres)
     redis = run.redis.client()
     redis.flushall()
     _say("ingress: syncnotify ingress")
     command = [*services.SYNCNOTIFY, "ingress", "--host", "127.0.0.1", "--processes", "1"]
-    with run.serve("ingress", command, run.sqlite) as (url, pid), services.MemoryWatch({"ingress": pid}) as memory:
+    with run.serve("ingress", command, run.sqlite) as (base, pid), services.MemoryWatch({"ingress": pid}) as memory:
+        url = base + PATH
         ingress = load.measure(url, CONNECTIONS, cfg.load_seconds, run.work, generator)
         stored = int(redis.zcard(f"syncnotify:inflight:Default:{load.LOAD_SUBSCRIPTION}"))
         jobs = int(redis.llen("rq:queue:syncnotify"))
+        redis.flushall()
+        graph_generator = "raw" if generator == "httpx" else generator
+        _say(f"ingress: syncnotify ingress, Graph POSTs ({graph_generator})")
+        graph_load = load.measure(base + graph.PATH, CONNECTIONS, cfg.load_seconds, run.work, graph_generator, "graph")
+        graph_stored = int(redis.zcard(f"syncnotify:inflight:Default:{load.GRAPH_LOAD_SUBSCRIPTION}"))
         redis.flushall()
         _say(f"ingress: syncnotify ingress at a steady {cfg.steady_rate:.0f} posts/s")
         ingress_steady = steady(url, cfg, cfg.seed + 1)
@@ -247,6 +260,7 @@ def ingress_section(run: Run) -> None:
         )
     )
     add(Figure(section, "ingress peak memory (RSS) under load", f"{memory.peak_mib('ingress'):.0f} MiB"))
+    _graph_post_figures(run, bare, ingress, graph_load, graph_stored)
     for result in compared:
         add(
             Figure(
@@ -271,6 +285,61 @@ def ingress_section(run: Run) -> None:
     )
 
 
+def _graph_post_figures(
+    run: Run, bare: load.LoadResult, ews: load.LoadResult, posts: load.LoadResult, stored: int
+) -> None:
+    """The Graph POST path of the same ingress process, against the same bare route (SPEC §9)."""
+    section = "Ingress, one process: Graph POST (1–3 changes)"
+    add = run.figures.append
+    add(
+        Figure(
+            section,
+            f"requests/s at {CONNECTIONS} connections",
+            number(posts.rps),
+            f"bare route {number(bare.rps)}",
+            ratio(posts.rps, bare.rps),
+            "≥ 0.80× bare",
+            posts.rps >= 0.8 * bare.rps,
+        )
+    )
+    add(
+        Figure(
+            section,
+            "p50 latency",
+            f"{posts.p50_ms:.2f} ms",
+            f"bare {bare.p50_ms:.2f} ms",
+            ratio(posts.p50_ms, bare.p50_ms),
+        )
+    )
+    add(
+        Figure(
+            section,
+            "p99 latency",
+            f"{posts.p99_ms:.2f} ms",
+            f"bare {bare.p99_ms:.2f} ms",
+            ratio(posts.p99_ms, bare.p99_ms),
+            "≤ 2× bare",
+            posts.p99_ms <= 2 * bare.p99_ms,
+        )
+    )
+    add(
+        Figure(
+            section, "requests/s vs EWS POSTs", number(posts.rps), f"EWS {number(ews.rps)}", ratio(posts.rps, ews.rps)
+        )
+    )
+    add(
+        Figure(
+            section,
+            "Graph payloads on Redis after the load",
+            f"{stored:,} stored",
+            f"{posts.ok:,} answered 202",
+            "",
+            f"= answered (+ ≤ {CONNECTIONS} in flight at the end)",
+            0 <= stored - posts.ok <= CONNECTIONS and posts.errors == 0,
+        )
+    )
+
+
 def _row_count(database: str) -> int:
     from sqlalchemy import func, select
 
@@ -290,21 +359,24 @@ def worker_section(run: Run) -> None:
     section = "Worker"
     _say(f"worker: planning {cfg.worker_notifications:,} notifications for {cfg.worker_subscriptions:,} rooms")
     work = workload(cfg.worker_notifications, cfg.worker_subscriptions, cfg.seed, Mix())
+    graph_work = graph_workload(cfg.worker_notifications, cfg.worker_subscriptions, cfg.seed)
     results: dict[str, DrainResult] = {}
-    for label, database, workers, noop, job_size in (
-        ("noop-1", run.sqlite, 1, True, cfg.job_size),
-        ("noop-2", run.sqlite, 2, True, cfg.job_size),
-        ("sqlite-1", run.sqlite, 1, False, cfg.job_size),
-        ("sqlite-2", run.sqlite, 2, False, cfg.job_size),
-        ("postgresql-1", run.postgres, 1, False, cfg.job_size),
-        ("postgresql-2", run.postgres, 2, False, cfg.job_size),
+    for label, queue, database, workers, noop, job_size in (
+        ("noop-1", work, run.sqlite, 1, True, cfg.job_size),
+        ("noop-2", work, run.sqlite, 2, True, cfg.job_size),
+        ("sqlite-1", work, run.sqlite, 1, False, cfg.job_size),
+        ("graph-sqlite-1", graph_work, run.sqlite, 1, False, cfg.job_size),
+        ("sqlite-2", work, run.sqlite, 2, False, cfg.job_size),
+        ("postgresql-1", work, run.postgres, 1, False, cfg.job_size),
+        ("graph-postgresql-1", graph_work, run.postgres, 1, False, cfg.job_size),
+        ("postgresql-2", work, run.postgres, 2, False, cfg.job_size),
         # a backlog of posts that arrived one at a time: a job each
-        ("noop-1-single", run.sqlite, 1, True, 1),
-        ("postgresql-1-single", run.postgres, 1, False, 1),
+        ("noop-1-single", work, run.sqlite, 1, True, 1),
+        ("postgresql-1-single", work, run.postgres, 1, False, 1),
     ):
-        _say(f"worker: {label} draining {len(work.payloads):,} payloads, {job_size} a job")
-        results[label] = drain(label, run.redis, database, work, workers, job_size, run.work, noop=noop)
-        _say(f"worker: {label}: {results[label].payloads_per_second:,.0f} notifications/s")
+        _say(f"worker: {label} draining {len(queue.payloads):,} payloads, {job_size} a job")
+        results[label] = drain(label, run.redis, database, queue, workers, job_size, run.work, noop=noop)
+        _say(f"worker: {label}: {results[label].payloads_per_second:,.0f} payloads/s")
     add = run.figures.append
     noop1, noop2 = results["noop-1"], results["noop-2"]
     add(
@@ -396,6 +468,56 @@ def worker_section(run: Run) -> None:
         "'notifications/s' counts payloads drained (duplicates included), timed from the one Redis transaction "
         "that filled the queue to the last job finished, workers already waiting."
     )
+    _graph_worker_figures(run, results, graph_work)
+
+
+def _graph_worker_figures(run: Run, results: dict[str, DrainResult], work: Workload) -> None:
+    """Graph changes stored per second by one process, against EWS notifications in the same run."""
+    section = "Worker: Graph changes"
+    add = run.figures.append
+    for db in ("sqlite", "postgresql"):
+        name = "SQLite" if db == "sqlite" else "PostgreSQL"
+        ews, changes = results[f"{db}-1"], results[f"graph-{db}-1"]
+        add(
+            Figure(
+                section,
+                f"{name}, 1 process: Graph changes (rows)/s",
+                number(changes.rows_per_second),
+                f"EWS notifications/s {number(ews.payloads_per_second)}",
+                ratio(changes.rows_per_second, ews.payloads_per_second),
+                "≥ EWS",
+                changes.rows_per_second >= ews.payloads_per_second,
+            )
+        )
+        add(
+            Figure(
+                section,
+                f"{name}, 1 process: Graph POSTs (payloads)/s",
+                number(changes.payloads_per_second),
+                f"EWS events (rows)/s {number(ews.rows_per_second)}",
+            )
+        )
+        check = changes.verify
+        add(
+            Figure(
+                section,
+                f"{name}: Graph rows checked (lost, duplicated, seq, order, failed jobs)",
+                "all right"
+                if changes.ok
+                else (check.summary() if check is not None and not check.ok else "failed jobs"),
+                "",
+                "",
+                "0 discrepancies",
+                changes.ok,
+            )
+        )
+        add(Figure(section, f"{name}: worker peak memory (RSS)", f"{changes.peak_mib[0]:.0f} MiB"))
+    run.notes.append(
+        f"Graph worker queue: {len(work.payloads):,} POSTs of 1–3 changes of one room ({work.rows:,} changes, "
+        f"{len(work.expected):,} rooms, each change a row) as the ingress queues them (`kind: graph`, the accepted "
+        "items re-serialised), after an untimed warm-up with each room's first POST; timed and checked as the EWS "
+        "queue is."
+    )
 
 
 def soak_section(run: Run) -> None:
@@ -406,7 +528,8 @@ def soak_section(run: Run) -> None:
     run.redis.client().flushall()
     env = run.env(database)
     port = free_port()
-    url = f"http://127.0.0.1:{port}{PATH}"
+    base = f"http://127.0.0.1:{port}"
+    url = base + PATH
     ingress_cmd = [*services.SYNCNOTIFY, "ingress", "--host", "127.0.0.1", "--port", str(port), "--processes", "1"]
     worker_cmd = [*services.SYNCNOTIFY, "worker", "--processes", "2"]
     worker_cmd += ["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1"]
@@ -425,10 +548,28 @@ def soak_section(run: Run) -> None:
                 duplicates=0.05,
                 seed=cfg.seed,
                 verify=database,
-                drain_timeout=900,
+                drain_timeout=cfg.soak_drain_timeout,
                 progress_every=10,
             )
-            report = simulate(options, say=lambda text: _say("soak: " + text.strip()))
+            graph_options = SimulateOptions(
+                url=base + graph.PATH,
+                graph=True,
+                client_state=graph.CLIENT_STATE,
+                subscriptions=cfg.soak_subscriptions // 4,
+                notifications=cfg.soak_notifications // 4,
+                connections=8,
+                rate=cfg.soak_graph_rate,
+                items_per_post=3,
+                duplicates=0.05,
+                seed=cfg.seed + 1,
+                verify=database,
+                drain_timeout=cfg.soak_drain_timeout,
+                progress_every=0,
+            )
+            with ThreadPoolExecutor(1) as pool:  # beside the EWS rooms, on the same ingress and workers
+                graph_run = pool.submit(simulate, graph_options, None)
+                report = simulate(options, say=lambda text: _say("soak: " + text.strip()))
+                graph_report = graph_run.result()
     check = report.verify
     assert check is not None
     in_order_broken = bool(check.seq_broken or check.out_of_order or check.unnumbered)
@@ -482,8 +623,52 @@ def soak_section(run: Run) -> None:
             f"supervisor alone {memory.peak_mib('workers'):.0f} MiB RSS",
         )
     )
+    _graph_soak_figures(run, section, graph_report)
     if not report.ok:
         run.notes.append("Soak discrepancies: " + "; ".join(check.problems[:5]))
+
+
+def _graph_soak_figures(run: Run, section: str, sent: SimulationReport) -> None:
+    """The Graph simulation that ran beside the EWS one (``syncnotify simulate --graph``)."""
+    check = sent.verify
+    assert check is not None
+    in_order_broken = bool(check.seq_broken or check.out_of_order or check.unnumbered)
+    add = run.figures.append
+    add(
+        Figure(
+            section,
+            "Graph: lost / duplicated / seq 1..n in receive order",
+            f"{check.lost} / {check.duplicated} / {'NO' if in_order_broken else 'yes'}",
+            f"{check.stored_rows:,} of {check.expected_rows:,} rows",
+            "",
+            "0 / 0 / yes",
+            sent.ok,
+        )
+    )
+    add(
+        Figure(
+            section,
+            f"Graph POSTs mixed in (changes + retry duplicates), {check.subscriptions:,} rooms",
+            f"{sent.posts:,} in {sent.seconds:.1f} s",
+            f"{sent.rate:,.0f} POSTs/s, {sent.notifications:,} changes",
+        )
+    )
+    add(
+        Figure(
+            section,
+            "Graph ingress latency p50 / p99",
+            f"{sent.percentile(50) * 1000:.1f} / {sent.percentile(99) * 1000:.1f} ms",
+        )
+    )
+    if not sent.ok:
+        run.notes.append("Soak Graph discrepancies: " + "; ".join(check.problems[:5]))
+    run.notes.append(
+        "Soak Graph traffic: `syncnotify simulate --graph` in a thread beside the EWS simulation, on the same "
+        f"ingress and workers: {check.subscriptions:,} rooms, {run.config.soak_notifications // 4:,} changes "
+        f"(+5 % POSTs posted twice), at most 3 a POST, 8 connections, "
+        f"paced to {run.config.soak_graph_rate:,.0f} POSTs/s; "
+        "rows verified by the simulator (0 lost, 0 duplicated, seq 1..n in the order the ingress received them)."
+    )
 
 
 SECTIONS = {"ingress": ingress_section, "worker": worker_section, "soak": soak_section}

@@ -17,17 +17,19 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from redis import Redis
 from rq import Queue, Worker
 
-from bench import services
+from bench import graph, services
 from shared.queues import QUEUE_NAME, STORE_JOB
 from shared.settings import Settings
 from shared.store_job import add_to_queue, payloads_job
 from shared.types import Payload
 from syncnotify.redis_server import EmbeddedRedis, free_port
+from syncnotify.simulator.graph_payloads import Change
 from syncnotify.simulator.mailboxes import Mailbox, Mix, mailboxes
 from syncnotify.simulator.verify import Expected, VerifyReport, expected_of, verify
 
@@ -48,6 +50,8 @@ class Workload:
     #: Rows the timed payloads make.
     rows: int
     expected: list[Expected]
+    #: Graph POSTs (checked by ``bench.graph.check_rows``).
+    graph: bool = False
 
 
 def workload(notifications: int, subscriptions: int, seed: int, mix: Mix) -> Workload:
@@ -92,6 +96,45 @@ def workload(notifications: int, subscriptions: int, seed: int, mix: Mix) -> Wor
             active.pop()
     expected = [expected_of(m, m.count) for m in fleet]
     return Workload(warmup, payloads, timed_rows, expected)
+
+
+def graph_workload(changes: int, subscriptions: int, seed: int) -> Workload:
+    """About ``changes`` Graph changes of ``subscriptions`` rooms in POSTs of 1–3 changes of one room, as the
+    ingress queues them, rooms interleaved at random (each room's own order kept), after a warm-up POST each."""
+    rng = random.Random(f"{seed}:graph")
+    fleet = graph.rooms(subscriptions, seed)
+    planned: dict[graph.Room, list[list[Change]]] = {}
+    for room in fleet:
+        first = rng.randint(1, 3)
+        timed = [room.change(k) for k in range(first, first + changes // subscriptions)]
+        planned[room] = [[room.change(k) for k in range(first)]]
+        planned[room] += [timed[i : i + size] for i, size in _sizes(rng, len(timed))]
+    base = time.time()
+    order = [(room, posts[0]) for room, posts in planned.items()]
+    rest = [(room, posts[1:]) for room, posts in planned.items() if len(posts) > 1]
+    while rest:
+        position = rng.randrange(len(rest))
+        room, posts = rest[position]
+        order.append((room, posts.pop(0)))
+        if not posts:
+            rest[position] = rest[-1]
+            rest.pop()
+    payloads = [graph.payload(post, round(base + n * 1e-5, 6)) for n, (_, post) in enumerate(order)]
+    made = {room: sum(len(post) for post in posts) for room, posts in planned.items()}
+    expected = [graph.expected(room, made[room]) for room in fleet]
+    timed_rows = sum(len(post) for _, post in order[len(fleet) :])
+    return Workload(payloads[: len(fleet)], payloads[len(fleet) :], timed_rows, expected, graph=True)
+
+
+def _sizes(rng: random.Random, count: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of consecutive POSTs of 1–3 changes covering ``count`` changes."""
+    result = []
+    start = 0
+    while start < count:
+        size = min(rng.randint(1, 3), count - start)
+        result.append((start, size))
+        start += size
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +183,7 @@ def _push(redis: Redis, payloads: list[Payload], job_size: int, func: str, job_r
     return jobs, sent
 
 
-def _drained(redis: Redis) -> bool:
+def drained(redis: Redis) -> bool:
     queue = Queue(QUEUE_NAME, connection=redis)
     with redis.pipeline(transaction=False) as pipe:
         pipe.llen(queue.key)
@@ -194,13 +237,13 @@ def drain(
         _wait_for_workers(client, workers, list(processes))
         func = NOOP_JOB if noop else STORE_JOB
         _push(client, load.warmup, job_size, func)
-        while not _drained(client):
+        while not drained(client):
             time.sleep(0.02)
         names = {f"process-{n}": p.pid for n, p in enumerate(processes)}
         with services.MemoryWatch(names) as memory:
             _, sent = _push(client, load.payloads, job_size, func)
             deadline = time.monotonic() + timeout
-            while not _drained(client):
+            while not drained(client):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{label}: queue not drained within {timeout} s")
                 if any(p.poll() is not None for p in processes):
@@ -215,7 +258,8 @@ def drain(
     peaks = [m for name in names for m in memory.children_peak_mib(name)] or [memory.peak_mib(n) for n in names]
     supervisor = [memory.peak_mib(name) for name in names] if not noop else []
     tree = sum(memory.tree_peak_mib(name) for name in names)
-    report = None if noop else verify(database_url, TENANT, load.expected, drain_timeout=30)
+    check = graph.check_rows if load.graph else partial(verify, drain_timeout=30)
+    report = None if noop else check(database_url, TENANT, load.expected)
     return DrainResult(
         label,
         workers,

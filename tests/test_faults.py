@@ -1,5 +1,7 @@
 """Reliability promises shown by doing the thing (SPEC §8): workers killed with SIGKILL mid-job, Redis
 killed and restarted, database connections cut, the ingress killed mid-request — then rows are counted.
+In the first three, Microsoft Graph rooms post to a real ingress while the fault happens (``tests.graph_traffic``)
+and their rows are counted too.
 
 These are the long runs: marked ``slow`` (``make test-quick`` skips them; CI runs them).  Each reports its
 figures through ``reliability`` into the terminal summary, which the README's reliability table quotes.
@@ -32,6 +34,7 @@ from shared.store_job import enqueue_payloads
 from shared.types import Payload
 from syncnotify.redis_server import EmbeddedRedis, free_port
 from tests.conftest import PG_ADMIN_URL
+from tests.graph_traffic import GRAPH_ENV, GraphTraffic, running_ingress
 from tests.payloads import make_event, make_notification, watermark
 from tests.processes import (
     children_of,
@@ -132,21 +135,28 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
         tmp_path,
         SYNCNOTIFY_ABANDONED_AFTER_SECONDS="5",
         SYNCNOTIFY_GAP_TIMEOUT_SECONDS="600",
+        **GRAPH_ENV,
     )
     rng = random.Random(5)
     kills = mid_job = 0
-    with started(["worker", "--processes", "2", "--metrics-port", "0"], env, tmp_path, tmp_path / "w.log") as sup:
-        deadline = time.monotonic() + 120
-        while kills < 8 and not queue_drained(redis) and time.monotonic() < deadline:
-            wait_for(lambda: started_jobs(redis) > 0 or queue_drained(redis), 30, "a worker to take a job")
-            time.sleep(rng.uniform(0.0, 0.05))  # at a random moment inside the job
-            workers = children_of(sup.pid)
-            if workers:
-                mid_job += started_jobs(redis) > 0
-                os.kill(rng.choice(workers), signal.SIGKILL)
-                kills += 1
-            time.sleep(1.5)  # the supervisor starts a new worker; let it take work
+    with (
+        running_ingress(env, tmp_path) as base,
+        started(["worker", "--processes", "2", "--metrics-port", "0"], env, tmp_path, tmp_path / "w.log") as sup,
+    ):
+        graph = GraphTraffic(base, seed=5)
+        with graph.posting():  # Graph jobs join the queue between the EWS ones while workers are killed
+            deadline = time.monotonic() + 120
+            while kills < 8 and not queue_drained(redis) and time.monotonic() < deadline:
+                wait_for(lambda: started_jobs(redis) > 0 or queue_drained(redis), 30, "a worker to take a job")
+                time.sleep(rng.uniform(0.0, 0.05))  # at a random moment inside the job
+                workers = children_of(sup.pid)
+                if workers:
+                    mid_job += started_jobs(redis) > 0
+                    os.kill(rng.choice(workers), signal.SIGKILL)
+                    kills += 1
+                time.sleep(1.5)  # the supervisor starts a new worker; let it take work
         wait_for(lambda: queue_drained(redis), 120, "every job, re-run ones included, to finish")
+        graph_rows = graph.assert_stored_once_in_order(engine)
     assert kills >= 5 and mid_job >= 3, (kills, mid_job)
     rows = assert_stored_once_in_order(engine, by_sub)
     assert Queue(QUEUE_NAME, connection=redis).failed_job_registry.count == 0
@@ -154,8 +164,9 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
         (
             f"worker killed with SIGKILL at random moments ({db_name(database_url)})",
             f"{kills} kills ({mid_job} mid-job), 2 workers",
-            f"{len(payloads)} payloads in {len(payloads) // job_size} jobs, taken ten at a time",
-            f"{rows} rows, 0 lost, 0 duplicated",
+            f"{len(payloads)} payloads in {len(payloads) // job_size} jobs, taken ten at a time;"
+            f" {graph.posts} Graph POSTs meanwhile",
+            f"{rows} rows + {graph_rows} Graph rows, 0 lost, 0 duplicated",
         )
     )
 
@@ -169,29 +180,38 @@ def test_redis_killed_and_restarted_keeps_every_queued_payload(
     try:
         by_sub = chains(subscriptions=10, length=20)
         bodies = interleaved(by_sub)
-        env = service_env(redis_server.url, database_url, tmp_path)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/Webservices/SyncNotification.svc"
-        with started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path, tmp_path / "i.log"):
-            wait_http(f"http://127.0.0.1:{port}/healthz")
-            with httpx.Client() as client:
+        env = service_env(redis_server.url, database_url, tmp_path, **GRAPH_ENV)
+        with running_ingress(env, tmp_path) as base:
+            graph = GraphTraffic(base, seed=6)
+            with graph.posting(), httpx.Client() as client:  # Graph POSTs between the EWS ones
                 for body in bodies:
-                    assert client.post(url, content=body, headers=SOAP_HEADERS).status_code == 200
-        queued = Queue(QUEUE_NAME, connection=redis_server.client()).count
-        redis_server.stop(kill=True)  # SIGKILL: only what the append-only file holds survives
-        redis_server.start()
+                    response = client.post(
+                        f"{base}/Webservices/SyncNotification.svc", content=body, headers=SOAP_HEADERS
+                    )
+                    assert response.status_code == 200
+            queued = Queue(QUEUE_NAME, connection=redis_server.client()).count
+            redis_server.stop(kill=True)  # SIGKILL: only what the append-only file holds survives
+            before_kill = graph.posts
+            with graph.posting():  # Redis away: the ingress spools Graph POSTs and still acks them
+                time.sleep(1)
+            spooled = graph.posts - before_kill
+        redis_server.start()  # the ingress is stopped, so nothing drains its spool before the count
         assert Queue(QUEUE_NAME, connection=redis_server.client()).count == queued
+        with running_ingress(env, tmp_path):  # drains the spool of the one before
+            wait_for(lambda: not list((tmp_path / "spool").glob("*.spool")), 30, "the spool to drain")
         with started(["worker", "--burst", "--metrics-port", "0"], env, tmp_path, tmp_path / "w.log") as worker:
             worker.wait(120)
         rows = assert_stored_once_in_order(engine, by_sub)
+        graph_rows = graph.assert_stored_once_in_order(engine)
     finally:
         redis_server.stop()
+    assert spooled > 0, "Graph POSTs while Redis was away"
     reliability.append(
         (
             f"Redis killed (SIGKILL) and restarted, appendfsync always ({db_name(database_url)})",
             "1 kill with a full queue",
-            f"{len(bodies)} posts acked",
-            f"{rows} rows, 0 lost",
+            f"{len(bodies)} posts acked; {graph.posts} Graph POSTs, {spooled} of them while Redis was away",
+            f"{rows} rows + {graph_rows} Graph rows, 0 lost",
         )
     )
 
@@ -220,7 +240,7 @@ def test_database_connections_cut_mid_transaction(
         enqueue_payloads(redis, payloads[start : start + 20], settings)
     url = database_url + ("?timeout=0.5" if database_url.startswith("sqlite") else "")
     # retried jobs come back within the gap timeout (as with the defaults), so no gap may be recorded
-    env = service_env(redis_server.url, url, tmp_path, SYNCNOTIFY_GAP_TIMEOUT_SECONDS="600")
+    env = service_env(redis_server.url, url, tmp_path, SYNCNOTIFY_GAP_TIMEOUT_SECONDS="600", **GRAPH_ENV)
     cuts = 0
     stop = threading.Event()
 
@@ -245,13 +265,21 @@ def test_database_connections_cut_mid_transaction(
 
     cutter = threading.Thread(target=cut)
     log = tmp_path / "w.log"
-    with started(["worker", "--processes", "2", "--metrics-port", "0"], env, tmp_path, log):
-        cutter.start()
-        wait_for(lambda: cuts >= 5 and (retries(log) >= 3 or queue_drained(redis)), 60, "cuts that hit transactions")
-        stop.set()
-        cutter.join()
+    with (
+        running_ingress(env, tmp_path) as base,
+        started(["worker", "--processes", "2", "--metrics-port", "0"], env, tmp_path, log),
+    ):
+        graph = GraphTraffic(base, seed=3)
+        with graph.posting():  # Graph jobs join the queue while the cuts happen
+            cutter.start()
+            wait_for(
+                lambda: cuts >= 5 and (retries(log) >= 3 or queue_drained(redis)), 60, "cuts that hit transactions"
+            )
+            stop.set()
+            cutter.join()
         wait_for(lambda: queue_drained(redis), 180, "the backlog to drain after the cuts")
     rows = assert_stored_once_in_order(engine, by_sub)
+    graph_rows = graph.assert_stored_once_in_order(engine)
     retried = retries(log)
     assert retried >= 1, "the cuts must have hit transactions"
     assert Queue(QUEUE_NAME, connection=redis).failed_job_registry.count == 0
@@ -260,8 +288,8 @@ def test_database_connections_cut_mid_transaction(
         (
             f"database cut mid-transaction: {kind} ({db_name(database_url)})",
             f"{cuts} cuts, {retried} job attempts failed and retried, 2 workers",
-            f"{len(payloads)} payloads",
-            f"{rows} rows, 0 lost, 0 duplicated, seq contiguous",
+            f"{len(payloads)} payloads; {graph.posts} Graph POSTs meanwhile",
+            f"{rows} rows + {graph_rows} Graph rows, 0 lost, 0 duplicated, seq contiguous",
         )
     )
 
