@@ -44,6 +44,7 @@ STATE_RANK = {
     EXPIRED: 0,
     "error": 1,
     "reauthorization_required": 1,
+    "renewal_failed": 1,
     "needs_resync": 2,
     "removed": 3,
     "unsubscribed": 3,
@@ -68,6 +69,10 @@ class Subscription:
     expires_at: datetime | None = None
     #: Graph only: the room mailbox, which links a removed subscription to the one that replaced it.
     mailbox: str | None = None
+    #: Graph subscriptions syncnotify keeps (SPEC §10): the last grant, the last attempt and why it failed.
+    renewed_at: datetime | None = None
+    renewal_attempted_at: datetime | None = None
+    renewal_error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +89,9 @@ class Subscription:
             "source": self.source,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "mailbox": self.mailbox,
+            "renewed_at": self.renewed_at.isoformat() if self.renewed_at else None,
+            "renewal_attempted_at": self.renewal_attempted_at.isoformat() if self.renewal_attempted_at else None,
+            "renewal_error": self.renewal_error,
         }
 
 
@@ -159,6 +167,9 @@ def list_subscriptions(
             source=r.source,
             expires_at=r.expires_at,
             mailbox=r.mailbox,
+            renewed_at=r.renewed_at,
+            renewal_attempted_at=r.renewal_attempted_at,
+            renewal_error=r.renewal_error,
         )
         for r in rows
     ]

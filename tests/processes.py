@@ -120,9 +120,10 @@ def db_name(database_url: str) -> str:
 
 
 @contextmanager
-def service(env: Mapping[str, str], tmp: Path, workers: int = 1) -> Iterator[str]:
-    """A real ingress and ``workers`` real worker processes on ``env``; yields the ingress's base URL."""
-    port = free_port()
+def service(env: Mapping[str, str], tmp: Path, workers: int = 1, port: int | None = None) -> Iterator[str]:
+    """A real ingress (on ``port``, else a free one) and ``workers`` real worker processes on ``env``; yields the
+    ingress's base URL."""
+    port = port or free_port()
     log = tmp / "services.log"
     with started(["ingress", "--host", "127.0.0.1", "--port", str(port)], env, tmp, log), ExitStack() as stack:
         for _ in range(workers):

@@ -85,6 +85,9 @@ SUBSCRIPTION_FIELDS = {
     "source",
     "expires_at",
     "mailbox",
+    "renewed_at",
+    "renewal_attempted_at",
+    "renewal_error",
 }
 
 

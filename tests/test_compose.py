@@ -797,11 +797,13 @@ def dashboard() -> dict[str, Any]:
 @pytest.fixture
 def exported(redis: Redis, tmp_path: Path) -> dict[str, Series]:
     """Every series name syncnotify serves on a /metrics endpoint, from the code itself: the ingress registry's
-    metrics, the workers' module-level metrics, and the gauges syncnotify.metrics.QueueCollector yields (collected
-    from a real Redis and a migrated SQLite database, so nothing is guessed from source text)."""
+    metrics, the workers' module-level metrics (their Graph upkeep's too), and the gauges
+    syncnotify.metrics.QueueCollector yields (collected from a real Redis and a migrated SQLite database, so
+    nothing is guessed from source text)."""
     import prometheus_client
 
     import ingress.metrics
+    import syncnotify.graph.upkeep
     import syncnotify.metrics
     import worker.metrics
     from migrations import upgrade
@@ -812,6 +814,7 @@ def exported(redis: Redis, tmp_path: Path) -> dict[str, Series]:
     # `syncnotify worker` serves the sum of every worker process's values of them.
     series.update(_wrapper_series(ingress.metrics, ingress.metrics.REGISTRY))
     series.update(_wrapper_series(worker.metrics, prometheus_client.REGISTRY))
+    series.update(_wrapper_series(syncnotify.graph.upkeep, prometheus_client.REGISTRY))  # the workers' Graph upkeep
 
     engine = make_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
     try:

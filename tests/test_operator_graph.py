@@ -190,9 +190,19 @@ def seed_graph(engine: Engine, redis: Redis) -> Seeded:
             "last_seen_at": now - timedelta(days=9),  # Graph has no heartbeat: never "stale" for silence
             "last_seq": 0,
             "gap_count": 0,
+            **dict.fromkeys(("renewed_at", "renewal_attempted_at", "renewal_error")),
+            "renewal_failures": 0,
         }
         for tenant, subscription_id, state, mailbox in graph
     ]
+    # the upkeep's record: room A renewed an hour ago; the expired one failing for a while
+    rows[0] |= {"renewed_at": now - timedelta(hours=1), "renewal_attempted_at": now - timedelta(hours=1)}
+    rows[2] |= {
+        "renewed_at": now - timedelta(days=3),
+        "renewal_attempted_at": now - timedelta(minutes=10),
+        "renewal_error": "tenant 'contoso': the client secret is wrong",
+        "renewal_failures": 7,
+    }
     ews = {"tenant": "Default", "subscription_id": EWS_ROOM, "state": "active", "last_seq": 3, "gap_count": 0}
     with engine.begin() as conn:
         conn.execute(insert(subscriptions), rows)
@@ -411,12 +421,14 @@ def test_status_page_has_a_graph_section(
     assert expiry.find("time").attrs["datetime"] == data.expires[EXPIRED_ROOM].isoformat(timespec="seconds")
     assert dom.by_id("graph-rejected").text == "Refused by the ingress: 4 ( client_state 3, not_json 1)"
     table = dom.by_id("graph-expiring")
-    assert [th.text for th in table.find_all("th")] == ["Room", "Tenant", "Subscription", "State", "Expires"]
+    headings = ["Room", "Tenant", "Subscription", "State", "Expires", "Last renewal", "Outcome"]
+    assert [th.text for th in table.find_all("th")] == headings
     rows = [[td.text for td in tr.find_all("td")] for tr in table.find("tbody").find_all("tr")]
+    failing = "tenant 'contoso': the client secret is wrong"
     assert rows == [
-        [MAILBOX_C, "contoso", EXPIRED_ROOM, "expired", "3 h 10 min ago"],
-        [MAILBOX_B, "contoso", ROOM_B, "reauthorization_required", "in 2 d"],
-        [HOSTILE, "contoso", ROOM_A, "active", "in 5 d"],
+        [MAILBOX_C, "contoso", EXPIRED_ROOM, "expired", "3 h 10 min ago", "3 d ago", failing],
+        [MAILBOX_B, "contoso", ROOM_B, "reauthorization_required", "in 2 d", "—", "—"],
+        [HOSTILE, "contoso", ROOM_A, "active", "in 5 d", "1 h ago", "ok"],
     ]
     # the Graph tenant's table has the Graph columns; the EWS-only tenant's stays as it was
     contoso = dom.find("section", **{"data-tenant": "contoso"})

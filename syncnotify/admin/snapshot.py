@@ -30,6 +30,7 @@ STATE_ORDER = (
     "expired",
     "error",
     "reauthorization_required",
+    "renewal_failed",
     "needs_resync",
     "removed",
     "unsubscribed",
@@ -37,7 +38,9 @@ STATE_ORDER = (
 )
 #: The states the banner counts as needing an operator.  ``removed`` is not one: syncnotify replaces such a
 #: subscription itself, and the retired row stays for good as ROOMS' sign to resync that room.
-ATTENTION_STATES = frozenset({"stale", "expired", "error", "reauthorization_required", "needs_resync"})
+ATTENTION_STATES = frozenset(
+    {"stale", "expired", "error", "reauthorization_required", "renewal_failed", "needs_resync"}
+)
 
 
 @dataclass(frozen=True, slots=True)

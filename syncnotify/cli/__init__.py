@@ -1,8 +1,9 @@
 """``syncnotify``: the one command operators run (SPEC §3).
 
 Each module adds its commands with ``add_parsers(subparsers)``: ``serve`` (up, ingress, worker, admin, db),
-``operate`` (status, subscriptions), ``dlq`` (the dead-letter queue), ``tools`` (send, simulate). Here are
-the parser, the exit statuses and the turning of errors into one line on stderr.
+``operate`` (status, subscriptions), ``dlq`` (the dead-letter queue), ``tools`` (send, simulate), ``graph``
+(the rooms' Graph subscriptions, a fake Graph).  Here are the parser, the exit statuses and the turning of
+errors into one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from shared.errors import SyncNotifyError
 from shared.settings import get_settings, redact_url
-from syncnotify.cli import dlq, operate, serve, tools
+from syncnotify.cli import dlq, graph, operate, serve, tools
 from syncnotify.cli.helpers import UsageError
 from syncnotify.cli.serve import cmd_ingress  # bench/baselines.py serves its baselines through it
 
@@ -31,7 +32,7 @@ EXIT_INTERRUPTED = 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncnotify", description="Receiver of Exchange push notifications.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, operate, dlq, tools):
+    for module in (serve, operate, dlq, tools, graph):
         module.add_parsers(commands)
     return parser
 

@@ -18,6 +18,7 @@ from syncnotify.cli.helpers import add_command, redis_client, settings
 from syncnotify.supervise import Child, stop, supervise
 
 if TYPE_CHECKING:
+    from shared.settings import Settings
     from syncnotify.cli.helpers import Subparsers
 
 #: Where ``worker`` serves its processes' summed metrics unless told otherwise (``up``: its port + 2).
@@ -50,6 +51,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.child:
         from worker.runner import run_worker
 
+        if not args.burst:
+            _start_graph_upkeep(configured)
         run_worker(burst=args.burst)
         return 0
     metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="syncnotify-metrics-"))
@@ -72,6 +75,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         codes = [child.process.wait() for child in children]
         return 0 if all(code == 0 for code in codes) else 1
     return supervise(children)
+
+
+def _start_graph_upkeep(configured: Settings) -> None:
+    """The thread that keeps the rooms' Graph subscriptions alive, beside the worker (SPEC §10)."""
+    from shared.schema import make_engine
+    from syncnotify.graph.manager import Clients
+    from syncnotify.graph.upkeep import Upkeep
+
+    engine, redis = make_engine(configured.database), redis_client(configured)
+    Upkeep(engine, redis, Clients(configured), configured.graph_upkeep_seconds).start()
 
 
 def _metrics_port_error(host: str, port: int, exc: OSError) -> SyncNotifyError:
