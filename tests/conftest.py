@@ -4,6 +4,7 @@ SQLite files in a temporary folder.  Storage tests run on both databases."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,12 @@ def pg_admin() -> Iterator[psycopg.Connection]:
 
 def create_pg_database(admin: psycopg.Connection) -> str:
     name = f"syncnotify_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    for attempt in range(20):
+        try:
+            admin.execute(f'CREATE DATABASE "{name}"')
+            break
+        except psycopg.errors.ObjectInUse:  # another test process is copying template1 this instant
+            time.sleep(0.1 * (attempt + 1))
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     return f"{base}/{name}"
 
@@ -111,13 +117,23 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[py
     get_settings.cache_clear()
 
 
-_RELIABILITY: list[tuple[str, str, str, str]] = []
+class Reliability:
+    """Where a fault test appends (fault, how often, load, what was lost) for the terminal summary.
+
+    Kept in the test's report (``user_properties``), so the summary has them when the tests ran in other
+    processes (pytest-xdist) too.
+    """
+
+    def __init__(self, node: pytest.Item) -> None:
+        self.node = node
+
+    def append(self, row: tuple[str, str, str, str]) -> None:
+        self.node.user_properties.append(("reliability", row))
 
 
 @pytest.fixture
-def reliability() -> list[tuple[str, str, str, str]]:
-    """Fault tests append (fault, how often, load, what was lost) for the terminal summary."""
-    return _RELIABILITY
+def reliability(request: pytest.FixtureRequest) -> Reliability:
+    return Reliability(request.node)
 
 
 def _runs_real_processes(module: ModuleType) -> bool:
@@ -126,18 +142,28 @@ def _runs_real_processes(module: ModuleType) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of modules that run real processes ``system``: ``-m "not system"`` leaves the fast ones."""
+    """Mark the tests of modules that run real processes ``system``: ``-m "not system"`` leaves the fast ones.
+    Tests marked ``minutes`` go first (pytest-xdist hands out files in this order)."""
     for item in items:
         module = getattr(item, "module", None)
         if module is not None and _runs_real_processes(module):
             item.add_marker(pytest.mark.system)
+    items.sort(key=lambda item: item.get_closest_marker("minutes") is None)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _RELIABILITY:
+    reports = [r for outcome in ("passed", "failed") for r in terminalreporter.stats.get(outcome, [])]
+    rows = [
+        tuple(value)
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in report.user_properties
+        if name == "reliability"
+    ]
+    if not rows:
         return
     terminalreporter.section("reliability (figures for the README's table)")
     terminalreporter.write_line("| fault | how often | load | lost |")
     terminalreporter.write_line("| --- | --- | --- | --- |")
-    for row in _RELIABILITY:
+    for row in rows:
         terminalreporter.write_line("| " + " | ".join(row) + " |")

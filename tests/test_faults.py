@@ -33,7 +33,7 @@ from shared.settings import Settings
 from shared.store_job import enqueue_payloads
 from shared.types import Payload
 from syncnotify.redis_server import EmbeddedRedis, free_port
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, Reliability
 from tests.graph_traffic import GRAPH_ENV, GraphTraffic, running_ingress
 from tests.payloads import make_event, make_notification, watermark
 from tests.processes import (
@@ -117,7 +117,7 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
     database_url: str,
     engine: Engine,
     tmp_path: Path,
-    reliability: list[tuple[str, str, str, str]],
+    reliability: Reliability,
 ) -> None:
     by_sub = chains(subscriptions=40, length=150)
     payloads = as_payloads(interleaved(by_sub))
@@ -172,7 +172,7 @@ def test_workers_killed_with_sigkill_mid_job_lose_nothing(
 
 
 def test_redis_killed_and_restarted_keeps_every_queued_payload(
-    database_url: str, engine: Engine, tmp_path: Path, reliability: list[tuple[str, str, str, str]]
+    database_url: str, engine: Engine, tmp_path: Path, reliability: Reliability
 ) -> None:
     redis_server = EmbeddedRedis(tmp_path / "redis", free_port(), appendonly=True, appendfsync="always")
     redis_server.directory.mkdir()
@@ -228,7 +228,7 @@ def test_database_connections_cut_mid_transaction(
     engine: Engine,
     tmp_path: Path,
     request: pytest.FixtureRequest,
-    reliability: list[tuple[str, str, str, str]],
+    reliability: Reliability,
 ) -> None:
     from tests.processes import service_env
     from tests.test_operator import database_outage
@@ -300,7 +300,7 @@ def test_ingress_killed_mid_request_loses_nothing_it_acked(
     database_url: str,
     engine: Engine,
     tmp_path: Path,
-    reliability: list[tuple[str, str, str, str]],
+    reliability: Reliability,
 ) -> None:
     by_sub = chains(subscriptions=20, length=30)
     env = service_env(redis_server.url, database_url, tmp_path)
@@ -364,7 +364,7 @@ def test_ingress_killed_mid_request_loses_nothing_it_acked(
 
 
 def test_ingress_killed_mid_drain_queues_each_spooled_payload_once(
-    tmp_path: Path, database_url: str, reliability: list[tuple[str, str, str, str]]
+    tmp_path: Path, database_url: str, reliability: Reliability
 ) -> None:
     """Redis away: posts go to the spool; Redis back: the ingress drains — and is killed while draining."""
     redis_server = EmbeddedRedis(tmp_path / "redis", free_port(), appendonly=True, appendfsync="always")

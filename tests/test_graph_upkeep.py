@@ -35,7 +35,7 @@ LIFETIME = 90.0
 #: Several lifetimes: every subscription must have been renewed at least twice by the end.
 RUN_SECONDS = 3 * LIFETIME
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_SECONDS + 180)]
+pytestmark = [pytest.mark.slow, pytest.mark.minutes, pytest.mark.timeout(RUN_SECONDS + 180)]
 ROOMS = ["room-a101@example.com", "room-b204@example.com", "room-c310@example.com", "room-d412@example.com"]
 CLIENT_STATE = "upkeep-Zq7u3Wk9Xp2Lm5Vt8Rb4"
 

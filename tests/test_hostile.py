@@ -24,7 +24,7 @@ from shared.queues import QUEUE_NAME
 from shared.schema import notifications
 from syncnotify import dlq
 from syncnotify.redis_server import EmbeddedRedis, free_port
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, Reliability
 from tests.payloads import SUBSCRIPTION_A, make_event, make_notification, watermark
 from tests.processes import children_of, db_name, queue_drained, service_env, started, wait_for, wait_http
 
@@ -119,7 +119,7 @@ def test_hostile_corpus_gets_clear_answers_and_loses_nothing(
     redis: Redis,
     engine: Engine,
     database_url: str,
-    reliability: list[tuple[str, str, str, str]],
+    reliability: Reliability,
 ) -> None:
     url, worker_pid, _env = pipeline
     acked: dict[str, int | str] = {}
