@@ -35,9 +35,9 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Two processes (pytest-xdist), each test file in one of them: the long Graph lifetimes test runs beside the rest.
+# Two processes (pytest-xdist); the minutes-long Graph lifetimes test is handed out first and runs beside the rest.
 test: lint | $(CHROMIUM)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist load
 
 $(CHROMIUM):
 	@echo "installing chromium (apt-get) for tests/test_admin.py"

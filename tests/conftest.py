@@ -143,7 +143,7 @@ def _runs_real_processes(module: ModuleType) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests of modules that run real processes ``system``: ``-m "not system"`` leaves the fast ones.
-    Tests marked ``minutes`` go first (pytest-xdist hands out files in this order)."""
+    Tests marked ``minutes`` go first (pytest-xdist hands tests out in this order)."""
     for item in items:
         module = getattr(item, "module", None)
         if module is not None and _runs_real_processes(module):

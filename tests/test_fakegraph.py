@@ -466,6 +466,48 @@ def test_notifications_and_lifecycle_events_have_the_samples_shape(
     assert all(r.content_type == "application/json" for r in receiver.received if "validationToken" not in r.query)
 
 
+# -- the control API: /fake/subscriptions and /fake/deliver ----------------------------------------------------
+
+
+def test_fake_deliver_fills_in_what_graph_fills_and_posts_to_each_subscriptions_url(
+    fake: FakeGraph, graph: httpx.Client, receiver: Receiver
+) -> None:
+    ids = [
+        create(graph, receiver)["id"],
+        create(graph, receiver, resource="users/room-b2@contoso.example/events")["id"],
+    ]
+    first, second = (fake.subscriptions[sub_id] for sub_id in ids)
+    (listed,) = [s for s in httpx.get(f"{fake.url}/fake/subscriptions").json()["value"] if s["id"] == first.id]
+    assert listed["mailbox"] == ROOM and listed["tenantId"] == TENANT and "clientState" not in listed
+    assert listed["notificationUrl"] == f"{receiver.url}/api/webhooks/graph?tenant=contoso"
+    assert datetime.fromisoformat(listed["expirationDateTime"]) == first.expires_at
+
+    def change(sub_id: str, event: str) -> dict[str, Any]:
+        resource = f"Users/{ROOM}/Events/{event}"
+        data = {"@odata.type": "#Microsoft.Graph.Event", "@odata.id": resource, "id": event}
+        return {"subscriptionId": sub_id, "changeType": "created", "resource": resource, "resourceData": data}
+
+    lifecycle = {"subscriptionId": second.id, "lifecycleEvent": "missed", "clientState": "forged"}
+    body = {"value": [change(first.id, "AAMkADe1"), lifecycle, change(second.id, "AAMkADe2")]}
+    before = len(receiver.received)
+    assert httpx.post(f"{fake.url}/fake/deliver", json=body).status_code == 202
+    posted = {(r.path, r.query["tenant"][0]): json.loads(r.body)["value"] for r in receiver.received[before:]}
+    assert [i["resource"] for i in posted["/api/webhooks/graph", "contoso"]] == [
+        f"Users/{ROOM}/Events/AAMkADe1",
+        f"Users/{ROOM}/Events/AAMkADe2",
+    ], "one POST per URL, the items in their order"
+    (missed,) = posted["/api/webhooks/graph/lifecycle", "contoso"]
+    for item in (*posted["/api/webhooks/graph", "contoso"], missed):
+        sub = first if item["subscriptionId"] == first.id else second
+        assert (item["clientState"], item["tenantId"]) == (CLIENT_STATE, TENANT)
+        assert datetime.fromisoformat(item["subscriptionExpirationDateTime"]) == sub.expires_at
+
+    unknown = httpx.post(f"{fake.url}/fake/deliver", json={"value": [change("no-such-id", "AAMkADe3")]})
+    assert unknown.status_code == 404 and "no-such-id" in unknown.json()["error"]["message"]
+    assert httpx.post(f"{fake.url}/fake/deliver", content=b"[]").status_code == 400
+    assert len(receiver.received) == before + 2, "nothing posted for a refused body"
+
+
 # -- syncnotify graph fake ----------------------------------------------------------------------------------------
 
 

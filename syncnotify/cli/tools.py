@@ -138,7 +138,15 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     graph.add_argument(
         "--client-state",
         metavar="SECRET",
-        help="clientState of every item (default: the first of $SYNCNOTIFY_GRAPH_CLIENT_STATE)",
+        help="clientState of every item (default: the first of $SYNCNOTIFY_GRAPH_CLIENT_STATE; not with --via)",
+    )
+    graph.add_argument(
+        "--via",
+        metavar="FAKE_URL",
+        help="post through a fake Graph (syncnotify graph fake, e.g. https://127.0.0.1:8443): the rooms are its "
+        "live subscriptions of --tenant (default: the only tenant it has), up to --subscriptions; it fills in "
+        "clientState and tenantId and sends each item to its subscription's URL; httpx client, trusting "
+        "$SSL_CERT_FILE; no --lifecycle",
     )
     graph.add_argument(
         "--directory-tenant",
@@ -159,10 +167,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> SimulateOptions:
-    """The options of a parsed command line; ``ValueError`` if ``--graph`` has no clientState to send."""
+    """The options of a parsed command line; ``ValueError`` if ``--graph`` has no clientState to send (with
+    ``--via`` the fake fills it in)."""
     names = SimulateOptions.__dataclass_fields__
     options = SimulateOptions(**{name: getattr(args, name) for name in names if hasattr(args, name)})
-    if options.graph and not options.client_state:
+    if options.graph and not options.client_state and options.via is None:
         secrets = os.environ.get("SYNCNOTIFY_GRAPH_CLIENT_STATE", "").split(",")
         accepted = next((secret.strip() for secret in secrets if secret.strip()), "")
         if not accepted:

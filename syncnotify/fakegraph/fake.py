@@ -3,6 +3,8 @@
 A test or the simulator starts one, registers apps, points syncnotify at ``api_url`` and ``authority_url``
 (trusting ``ca_file``), then watches ``subscriptions``, ``expired`` and ``requests``, or makes Graph do what it
 does on its own: lose a subscription, remove it, ask for reauthorization, report missed notifications, throttle.
+Over HTTP, ``/fake/subscriptions`` and ``/fake/deliver`` (``syncnotify.fakegraph.control``) let another process
+post through its subscriptions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from syncnotify.fakegraph.authority import TokenEndpoint
+from syncnotify.fakegraph.control import Control, expiry_of
 from syncnotify.fakegraph.delivery import Delivery
 from syncnotify.fakegraph.server import FakeGraphServer, Routes
 from syncnotify.fakegraph.state import HOLD, App, FakeSubscription, Fault, Logged, Store
@@ -73,6 +76,7 @@ class FakeGraph:
                 base_url=base_url,
                 token=TokenEndpoint(self._store, base_url, self.token_seconds),
                 subscriptions=Subscriptions(self._store, f"{base_url}/v1.0", self.lifetime_seconds, delivery.validate),
+                control=Control(self._store, delivery.post),
             )
 
         server = self._server = FakeGraphServer((self._host, self._port), context, routes)
@@ -228,7 +232,7 @@ class FakeGraph:
         item_id = event_id or payloads.event_id(sub.mailbox, number)
         tag = etag if etag is not None or change_type == "deleted" else payloads.etag(sub.mailbox, number, 1)
         change = payloads.Change(sub.id, sub.mailbox, change_type, item_id, tag)
-        item = payloads.change_item(change, sub.directory_tenant_id, sub.client_state or "", _expiry(sub))
+        item = payloads.change_item(change, sub.directory_tenant_id, sub.client_state or "", expiry_of(sub))
         return self._post(sub.notification_url, payloads.notification_body([item]))
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
@@ -249,14 +253,10 @@ class FakeGraph:
     def _lifecycle(self, sub: FakeSubscription, event: str) -> int | None:
         if sub.lifecycle_url is None:
             return None
-        item = payloads.lifecycle_item(sub.id, event, sub.directory_tenant_id, sub.client_state or "", _expiry(sub))
+        item = payloads.lifecycle_item(sub.id, event, sub.directory_tenant_id, sub.client_state or "", expiry_of(sub))
         return self._post(sub.lifecycle_url, payloads.notification_body([item]))
 
     def _post(self, url: str, body: bytes) -> int:
         if self._delivery is None:
             raise RuntimeError("FakeGraph is not running: start() it first")
         return self._delivery.post(url, body)
-
-
-def _expiry(sub: FakeSubscription) -> str:
-    return payloads.expiry(sub.expires_at, minutes=0)

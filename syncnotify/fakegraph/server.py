@@ -1,5 +1,6 @@
 """The HTTPS server: a stdlib ``ThreadingHTTPServer`` whose connections each get their own thread and their own
-TLS handshake, routing to the authority and to ``/v1.0/subscriptions``, injecting faults, logging requests.
+TLS handshake, routing to the authority, to ``/v1.0/subscriptions`` and to the fake's own control API
+(``/fake/``, which faults never touch), injecting faults, logging requests.
 
 Requests are served concurrently because a create waits on the handshake with the ingress, which may itself be
 waiting on the fake. Every answer closes its connection (HTTP/1.0), so no client keeps an idle socket to a
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from syncnotify.fakegraph.authority import TokenEndpoint, openid_configuration
+from syncnotify.fakegraph.control import Control
 from syncnotify.fakegraph.replies import Reply, graph_error
 from syncnotify.fakegraph.state import HOLD, Logged, Store
 from syncnotify.fakegraph.subscriptions import Subscriptions
@@ -31,6 +33,7 @@ OPENID = re.compile(r"/([^/]+)/v2\.0/\.well-known/openid-configuration")
 TOKEN = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
 SUBSCRIPTIONS = re.compile(r"/v1\.0/subscriptions(/.*)?", re.IGNORECASE)
 EVENTS = re.compile(r"/v1\.0/users/([^/]+)/events", re.IGNORECASE)
+CONTROL = re.compile(r"/fake/(.+)")
 #: Seconds a connection may stay silent before its thread gives up on it.
 IDLE_SECONDS = 30
 FAULT_CODES = {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable", 404: "ResourceNotFound"}
@@ -42,8 +45,11 @@ class Routes:
     base_url: str
     token: TokenEndpoint
     subscriptions: Subscriptions
+    control: Control
 
     def answer(self, method: str, path: str, authorization: str | None, body: bytes) -> Reply:
+        if match := CONTROL.fullmatch(path):
+            return self.control(method, match.group(1), body)
         fault = self.store.take_fault(method, path)
         if fault is not None and fault.status == HOLD:
             time.sleep(fault.hold_seconds)  # then answered as usual: a slow Graph

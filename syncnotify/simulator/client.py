@@ -4,7 +4,7 @@ Both post one body at a time on one connection and return ``(status, answer body
 writes the request with one ``write`` and parses the answer with a ``Content-Length`` scan: several times
 cheaper per request than httpx, which is what lets one Python process load a server without being the
 bottleneck (``bench.run`` measures both against the bare route).  Neither follows redirects or speaks
-chunked answers: the servers measured here always send ``Content-Length``.
+chunked answers: the servers measured here always send ``Content-Length``.  Only httpx does TLS.
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ class Connection(Protocol):
 
 
 class Target:
-    """Where to post, and how: host, port and path (with query) of a callback URL (only ``http://``) and the
-    request's headers (default: Exchange's)."""
+    """Where to post, and how: host, port and path (with query) of a callback URL (``http://``; ``https://`` for
+    the httpx client only) and the request's headers (default: Exchange's)."""
 
     def __init__(self, url: str, headers: Mapping[str, str] = HEADERS) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"not an http:// URL: {url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http:// or https:// URL: {url}")
         self.url = url
+        self.tls = parts.scheme == "https"
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if self.tls else 80)
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.headers = dict(headers)
         host_header = parts.netloc.rsplit("@", 1)[-1]
@@ -163,6 +164,8 @@ class HttpxConnection:
 
 def connect(kind: str, target: Target, timeout: float) -> Connection:
     """A new connection of ``kind`` (``raw`` or ``httpx``)."""
+    if kind == "raw" and target.tls:
+        raise ValueError(f"the raw client speaks plain http only: {target.url} needs the httpx client")
     if kind == "raw":
         return RawConnection(target, timeout)
     if kind == "httpx":

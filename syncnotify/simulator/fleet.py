@@ -189,6 +189,10 @@ def simulate(options: SimulateOptions, say: Callable[[str], None] | None = _say)
     """Send the plan to ``options.url`` (and verify when asked); ``say`` gets progress lines (``None``: quiet).
 
     Raises ``ValueError`` for options that cannot be played."""
+    if options.via is not None:
+        from syncnotify.simulator.via_fake import through_fake
+
+        options = through_fake(options)
     if options.subscriptions < 1 or options.notifications < 1 or options.connections < 1:
         raise ValueError("subscriptions, notifications and connections must be at least 1")
     if not 0 <= options.duplicates <= 1 or not 0 <= options.heartbeats + options.bursts <= 1:

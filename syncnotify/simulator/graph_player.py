@@ -6,7 +6,8 @@ rooms whose next step goes to the same URL (changes to the ``notificationUrl``, 
 pair often travels together).  The rooms go back to the pool only once the POST was answered 2xx, so a
 room's changes reach the ingress in their order, as Graph's do.  A ``duplicates`` share of the POSTs is
 sent again later, byte for byte, by whichever connection is free next (Graph's redelivery, which may come
-after newer changes of the same rooms); what is left is sent before the end.
+after newer changes of the same rooms); what is left is sent before the end.  With ``via``, the rooms are a
+fake Graph's subscriptions and every POST goes to the fake, which forwards it (``syncnotify.simulator.via_fake``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from syncnotify.simulator.graph_payloads import HEADERS, change_item, lifecycle_
 from syncnotify.simulator.graph_rooms import Step, rooms
 from syncnotify.simulator.options import DEFAULT_GRAPH_URL, SimulateOptions
 from syncnotify.simulator.play import GAVE_UP, Pool, Send, Subscription
+from syncnotify.simulator.via_fake import deliver_url
 
 if TYPE_CHECKING:
     from syncnotify.simulator.verify import Expected
@@ -50,18 +52,21 @@ class GraphPlayer:
     """Graph's side: ``options.subscriptions`` rooms making ``options.notifications`` changes in all."""
 
     def __init__(self, options: SimulateOptions, seed: int, slot: int = 0) -> None:
-        if not options.client_state:
+        if not options.client_state and options.via is None:
             raise ValueError(
                 "--graph needs --client-state (or SYNCNOTIFY_GRAPH_CLIENT_STATE): the ingress drops "
                 "items without one of its secrets"
             )
         if options.items_per_post < 1:
             raise ValueError("items per post must be at least 1")
-        self.rooms = rooms(seed, options.subscriptions, options.notifications, options.lifecycle)
-        notify, lifecycle = graph_urls(options.url or DEFAULT_GRAPH_URL, options.tenant)
+        self.rooms = rooms(seed, options.subscriptions, options.notifications, options.lifecycle, options.rooms)
+        if options.via is not None:  # the fake sends each item where its subscription says
+            notify = lifecycle = deliver_url(options.via)
+        else:
+            notify, lifecycle = graph_urls(options.url or DEFAULT_GRAPH_URL, options.tenant)
         self.targets = {_NOTIFY: Target(notify, HEADERS), _LIFECYCLE: Target(lifecycle, HEADERS)}
         self._options = options
-        self._client_state = options.client_state
+        self._client_state = options.client_state or ""
         self._rng = random.Random(f"{seed}:graph-posts:{slot}")
         self._redeliveries: deque[tuple[str, bytes, int]] = deque()
 

@@ -49,10 +49,13 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def room(seed: int, index: int, count: int, lifecycle: str | None = None) -> Room:
-    """Room ``index``: ``count`` changes, and ``lifecycle`` (if any) somewhere after its first change."""
+def room(seed: int, index: int, count: int, lifecycle: str | None = None, ids: tuple[str, str] | None = None) -> Room:
+    """Room ``index``: ``count`` changes, and ``lifecycle`` (if any) somewhere after its first change; ``ids``:
+    its (subscription id, user) when a real subscription plays it, else made up."""
     rng = random.Random(f"{seed}:{index}:graph")
     subscription_id, user_id = _uuid(rng), _uuid(rng)
+    if ids is not None:
+        subscription_id, user_id = ids
     versions: dict[int, int] = {}  # the room's events not deleted: number → version of their etag
     steps: list[Step] = []
     edit = 0
@@ -88,12 +91,17 @@ def room(seed: int, index: int, count: int, lifecycle: str | None = None) -> Roo
     return Room(index, subscription_id, user_id, tuple(steps))
 
 
-def rooms(seed: int, subscriptions: int, total: int, lifecycle: int = 0) -> list[Room]:
+def rooms(
+    seed: int, subscriptions: int, total: int, lifecycle: int = 0, ids: Sequence[tuple[str, str]] = ()
+) -> list[Room]:
     """The fleet: ``subscriptions`` rooms making ``total`` changes between them; ``lifecycle`` of them (chosen
-    by the seed) also get one lifecycle event each, ``LIFECYCLE_EVENTS`` in turn."""
+    by the seed) also get one lifecycle event each, ``LIFECYCLE_EVENTS`` in turn; ``ids``: the rooms' (subscription
+    id, user), if not made up."""
     chosen: Sequence[int] = random.Random(f"{seed}:lifecycle").sample(
         range(subscriptions), min(lifecycle, subscriptions)
     )
     events = {index: LIFECYCLE_EVENTS[n % len(LIFECYCLE_EVENTS)] for n, index in enumerate(chosen)}
     counts = split(total, subscriptions)
-    return [room(seed, index, count, events.get(index)) for index, count in enumerate(counts)]
+    return [
+        room(seed, index, count, events.get(index), ids[index] if ids else None) for index, count in enumerate(counts)
+    ]

@@ -52,6 +52,11 @@ class SimulateOptions:
     directory_tenant: str = DIRECTORY_TENANT
     #: Graph: rooms that also get a lifecycle event (``missed`` and ``reauthorizationRequired`` in turn).
     lifecycle: int = 0
+    #: Graph: a fake Graph's URL (``syncnotify graph fake``) to post through: its live subscriptions are the
+    #: rooms and it fills in each item's clientState, tenantId and expiry (``syncnotify.simulator.via_fake``).
+    via: str | None = None
+    #: Graph with ``via``: the rooms' (subscription id, mailbox), filled from the fake by ``simulate``.
+    rooms: tuple[tuple[str, str], ...] = ()
     #: Graph: most items in one POST (several rooms' changes together).
     items_per_post: int = 10
     timeout: float = 30.0
