@@ -493,3 +493,16 @@ def test_an_unreachable_authority_is_transient(trusted: FakeGraph) -> None:
     with pytest.raises(AuthorityUnreachable, match="is unavailable") as caught:
         busy.credentials.token()
     assert caught.value.transient
+
+
+def test_a_token_near_its_expiry_is_replaced_by_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """msal refreshes a token about to expire (within five minutes): with 60-s tokens each call gets a new one,
+    and the API calls keep working; with the hour-long ones above, one token serves them all."""
+    with FakeGraph(lifetime_seconds=90, token_seconds=60) as short:
+        monkeypatch.setenv("SSL_CERT_FILE", str(short.ca_file))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(short.ca_file))
+        tenant = register(short)
+        first = tenant.credentials.token()
+        assert tenant.api.list() == []
+        assert tenant.credentials.token() != first
+        assert tenant.token_requests(short) == 3
