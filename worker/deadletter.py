@@ -29,7 +29,7 @@ def dead_letter(
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
     retention = job.failure_ttl if job is not None and job.failure_ttl else get_settings().dlq_retention_days * 86400
     entry = write_dead_letter(redis, payload, error_class, str(error), attempts, retention, entry_id)
-    release_marks(redis, [payload])
+    release_dead_lettered(redis, [payload])
     metrics.DEAD_LETTERED.labels(error_class).inc()
     metrics.PAYLOADS.labels("dead_lettered").inc()
     logger.warning(
@@ -50,6 +50,14 @@ def release_marks(redis: Redis, payloads: Sequence[Payload]) -> None:
             pipe.execute()
     except RedisError as exc:  # only delays the rooms' next rows, until the sweeper's gap timeout
         logger.warning("could not release in-flight marks: %s", exc)
+
+
+def release_dead_lettered(redis: Redis, payloads: Sequence[Payload]) -> None:
+    """Drop the in-flight marks of dead-lettered Graph payloads: every later POST of their rooms would wait for
+    them (up to the gap timeout, then as a gap).  An EWS payload keeps its marks: its room's later
+    notifications are chained by watermark and never wait for it, and a replay in any order must still find
+    the new subscription's head by them (SPEC §7)."""
+    release_marks(redis, [p for p in payloads if p.get("kind") == "graph"])
 
 
 def graph_item_payload(payload: Payload, index: int, subscription_id: str | None, item: Any, tokens: Any) -> Payload:

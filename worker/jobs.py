@@ -17,7 +17,7 @@ from shared.queues import MAX_ABANDONS
 from shared.settings import get_settings
 from shared.types import Payload
 from worker import batch, metrics
-from worker.deadletter import dead_letter, release_marks
+from worker.deadletter import dead_letter, release_dead_lettered
 from worker.recovery import drop_dead_executions
 
 
@@ -76,6 +76,6 @@ def on_failure(
     job.save_meta()  # type: ignore[no-untyped-call]
     if not job.should_retry:
         if job.args:
-            release_marks(connection, job.args[0])  # the rooms' later POSTs need not wait for it
+            release_dead_lettered(connection, job.args[0])
         metrics.DEAD_LETTERED.labels(error_class).inc()
         metrics.PAYLOADS.labels("dead_lettered").inc(len(job.args[0]) if job.args else 1)
