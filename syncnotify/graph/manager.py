@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import Engine
 
@@ -19,10 +19,11 @@ from shared.errors import ConfigError
 from shared.graph_tenants import GraphTenant
 from shared.settings import Settings
 from syncnotify.graph import rooms
-from syncnotify.graph.api import GraphAPI, Subscription
-from syncnotify.graph.credentials import Credentials
 from syncnotify.graph.errors import Conflict, GraphError, NotFound
 from syncnotify.graph.rooms import Room, resource_of
+
+if TYPE_CHECKING:
+    from syncnotify.graph.api import GraphAPI, Subscription
 
 #: After a failure the next attempt waits this long, doubling each time …
 FIRST_RETRY = timedelta(seconds=5)
@@ -47,6 +48,10 @@ class Clients:
         config = self.config(tenant)
         if config.missing:
             raise ConfigError(f"Graph subscriptions of tenant {tenant!r} need {', '.join(config.missing)}")
+        # imported on first use: a worker whose rooms are all EWS never loads msal and httpx (~15 MiB)
+        from syncnotify.graph.api import GraphAPI
+        from syncnotify.graph.credentials import Credentials
+
         with self._lock:
             if tenant not in self._apis:
                 self._apis[tenant] = GraphAPI(config, Credentials(config))
