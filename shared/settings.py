@@ -26,6 +26,8 @@ from shared.graph_tenants import (
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ENV_PREFIX = "SYNCNOTIFY_"
+#: Tenants whose Graph clientState values are kept worked out (see ``Settings.graph_client_states``).
+_CACHED_TENANTS = 10_000
 
 
 def _comma_list(value: object) -> object:
@@ -157,8 +159,22 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
     def graph_client_states(self, tenant: str) -> tuple[bytes, ...]:
-        """The clientState values Graph items of ``tenant`` may carry (none: Graph is off for it)."""
-        return self.graph_tenant(tenant).client_states
+        """The clientState values Graph items of ``tenant`` may carry (none: Graph is off for it).
+
+        Asked on every Graph POST, so kept once worked out (for at most ``_CACHED_TENANTS`` tenants: with
+        ``SYNCNOTIFY_TENANTS=*`` any name may come).
+        """
+        cache = self._client_states_by_tenant
+        states = cache.get(tenant)
+        if states is None:
+            states = self.graph_tenant(tenant).client_states
+            if len(cache) < _CACHED_TENANTS:
+                cache[tenant] = states
+        return states
+
+    @cached_property
+    def _client_states_by_tenant(self) -> dict[str, tuple[bytes, ...]]:
+        return {}
 
     def graph_tenant(self, tenant: str) -> GraphTenant:
         """``tenant``'s Graph configuration: its table in the tenants file, else the environment's."""
