@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 from sqlalchemy import Engine, func, select
 
 from shared.queues import QUEUE_NAME
@@ -94,6 +94,26 @@ def queue_drained(redis: Redis) -> bool:
         and queue.started_job_registry.get_job_count(cleanup=False) == 0
         and queue.scheduled_job_registry.get_job_count(cleanup=False) == 0
     )
+
+
+def queue_state(redis: Redis) -> str:
+    """Where the queue's jobs are, for a test that gave up waiting for it to drain."""
+    queue = Queue(QUEUE_NAME, connection=redis)
+    scheduled = queue.scheduled_job_registry
+    due = [(job_id, scheduled.get_scheduled_time(job_id)) for job_id in scheduled.get_job_ids(cleanup=False)[:5]]
+    return (
+        f"queued {queue.count}, taken but not started {redis.llen(queue.intermediate_queue_key)}, started "
+        f"{queue.started_job_registry.get_job_ids(cleanup=False)[:5]}, scheduled (retries) {due}, "
+        f"workers {[w.name for w in Worker.all(queue=queue)]}"
+    )
+
+
+def wait_drained(redis: Redis, timeout: float, what: str) -> None:
+    """Wait for the queue to drain; if it does not, say where its jobs are."""
+    try:
+        wait_for(lambda: queue_drained(redis), timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {queue_state(redis)}") from None
 
 
 def row_count(engine: Engine) -> int:
