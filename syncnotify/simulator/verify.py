@@ -70,6 +70,11 @@ class VerifyReport:
         discrepancies = (self.lost, self.duplicated, self.unexpected, self.unnumbered, self.seq_broken)
         return self.drained and not any(discrepancies) and not (self.out_of_order or self.gaps or self.wrong_state)
 
+    @property
+    def in_order(self) -> bool:
+        """Every row numbered, 1..n without holes, in the order sent."""
+        return not (self.seq_broken or self.out_of_order or self.unnumbered)
+
     def summary(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
         return (
