@@ -54,6 +54,9 @@ SUBSCRIPTION_STATES = (
     "renewal_failed",
 )
 
+#: States of subscriptions that are over for good: nothing more arrives, nothing renews them.
+RETIRED_STATES = frozenset({"unsubscribed", "removed"})
+
 #: Where a row came from: an EWS push notification, or a Microsoft Graph change notification (SPEC §9).
 SOURCES = ("ews", "graph")
 

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select, update
 
 from ingress.spool import count_records
 from shared.queues import GRAPH_REJECTED_KEY, QUEUE_NAME, UNSUBSCRIBED_KEY
-from shared.schema import SUBSCRIPTION_STATES, chain_links, insert_new, subscriptions
+from shared.schema import RETIRED_STATES, SUBSCRIPTION_STATES, chain_links, insert_new, subscriptions
 from shared.types import Payload
 from syncnotify import dlq
 
@@ -36,8 +36,6 @@ STALE_UNKNOWN_SECONDS = 26 * 3600
 EXPIRED = "expired"
 #: Every state a subscription can be shown in: the stored ones, and ``expired`` (never stored).
 SHOWN_STATES = (*SUBSCRIPTION_STATES, EXPIRED)
-#: States of subscriptions that are over for good: no notification comes, no renewal is due.
-RETIRED_STATES = frozenset({"unsubscribed", "removed"})
 #: The order of the list: the stale and troubled first, the retired next, the healthy last.
 STATE_RANK = {
     "stale": 0,

@@ -12,10 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from shared.schema import subscriptions
-
-#: States in which a subscription is over at Graph: nothing renews it.
-RETIRED = ("unsubscribed", "removed")
+from shared.schema import RETIRED_STATES, subscriptions
 
 
 def resource_of(mailbox: str) -> str:
@@ -40,7 +37,7 @@ class Room:
 
     @property
     def retired(self) -> bool:
-        return self.state in RETIRED
+        return self.state in RETIRED_STATES
 
     @property
     def lifetime(self) -> timedelta | None:
